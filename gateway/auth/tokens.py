@@ -1,0 +1,218 @@
+"""Sign registry access tokens and the gateway's own refresh tokens."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+
+from gateway.auth.keys import KeyStore, SigningKey
+
+__all__ = [
+    "REFRESH_KINDS",
+    "IssuedToken",
+    "RefreshClaims",
+    "TokenError",
+    "TokenIssuer",
+    "rfc3339",
+]
+
+REFRESH_KINDS = ("user", "robot")
+# Distribution allows 60 s of clock skew both ways; refresh tokens get the same.
+LEEWAY = 60
+_RESERVED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "access", "typ"})
+_DECODE_OPTIONS: jwt.types.Options = {
+    # Time claims are checked against the issuer's injectable clock, not PyJWT's.
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "require": ["iss", "aud", "sub", "exp", "iat"],
+}
+
+
+class TokenError(Exception):
+    """A refresh token that is malformed, forged, expired or not a refresh token."""
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A signed access token and the fields of the token endpoint's answer."""
+
+    token: str
+    expires_in: int
+    issued_at: str
+
+
+@dataclass(frozen=True)
+class RefreshClaims:
+    """What a verified refresh token says about its holder."""
+
+    subject: str
+    kind: str
+    fingerprint: str | None
+    issued_at: int
+
+
+def rfc3339(epoch: int) -> str:
+    """Format a Unix time as RFC 3339 in UTC, e.g. `2026-11-27T13:22:38Z`."""
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class TokenIssuer:
+    """Signs tokens with the key store's newest key."""
+
+    def __init__(
+        self,
+        keystore: KeyStore,
+        *,
+        issuer: str,
+        service: str,
+        ttl: int = 300,
+        refresh_ttl: int = 90 * 86400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keystore = keystore
+        self.issuer = issuer
+        self.service = service
+        self.ttl = int(ttl)
+        self.refresh_ttl = int(refresh_ttl)
+        # Differs from `service`, so the registry refuses a refresh token as an access token.
+        self.refresh_audience = f"{service}/refresh"
+        self._clock = clock
+        self._headers: dict[str, dict[str, Any]] = {}
+
+    def _now(self) -> int:
+        # Distribution rejects float time claims; truncate once here.
+        return int(self._clock())
+
+    def _header(self, key: SigningKey) -> dict[str, Any]:
+        """The JOSE header for `key`, built once per key."""
+        header = self._headers.get(key.kid)
+        if header is None:
+            # Both x5c (checked first by 2.8 and 3.x) and the libtrust kid (2.8 fallback).
+            header = {"typ": "JWT", "kid": key.kid, "x5c": key.x5c()}
+            self._headers[key.kid] = header
+        return header
+
+    def issue_access_token(
+        self,
+        subject: str,
+        access: Sequence[Mapping[str, Any]],
+        *,
+        extra_claims: Mapping[str, Any] | None = None,
+    ) -> IssuedToken:
+        """Sign a registry access token granting `access` to `subject` ("" is anonymous)."""
+        clash = _RESERVED_CLAIMS.intersection(extra_claims or ())
+        if clash:
+            raise ValueError(f"extra_claims may not override {sorted(clash)}")
+        key = self.keystore.current()
+        now = self._now()
+        claims: dict[str, Any] = {
+            **(extra_claims or {}),
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.service,  # a string: Distribution 2.8 rejects a list
+            "exp": now + self.ttl,
+            "nbf": now,
+            "iat": now,
+            "jti": secrets.token_urlsafe(16),
+            "access": [
+                {"type": a["type"], "name": a["name"], "actions": list(a["actions"])}
+                for a in access
+            ],
+        }
+        token = jwt.encode(
+            claims, key.private_key, algorithm=key.algorithm, headers=self._header(key)
+        )
+        return IssuedToken(token=token, expires_in=self.ttl, issued_at=rfc3339(now))
+
+    def issue_refresh_token(
+        self, subject: str, kind: str, *, fingerprint: str | None = None
+    ) -> str:
+        """Sign a long-lived refresh token identifying `subject` of `kind` (user or robot)."""
+        if not subject:
+            raise ValueError("a refresh token needs a subject; anonymous users get none")
+        if kind not in REFRESH_KINDS:
+            raise ValueError(f"kind must be one of {REFRESH_KINDS}, not {kind!r}")
+        key = self.keystore.current()
+        now = self._now()
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": self.refresh_audience,
+            "exp": now + self.refresh_ttl,
+            "iat": now,
+            "jti": secrets.token_urlsafe(16),
+            "typ": "refresh",
+            "kind": kind,
+        }
+        if fingerprint is not None:
+            claims["fp"] = fingerprint
+        # No x5c: the gateway finds its own key by kid, and the token stays short.
+        headers = {"typ": "JWT", "kid": key.kid}
+        return jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers=headers)
+
+    def verify_refresh_token(self, token: str) -> RefreshClaims:
+        """Check a refresh token signed by any key in the store and return its claims."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError as exc:
+            raise TokenError("malformed token") from exc
+        if not isinstance(kid, str):
+            raise TokenError("token has no key id")
+        key = self.keystore.find(kid)
+        if key is None:
+            # Another process may have rotated since our last look at the disk.
+            self.keystore.reload()
+            key = self.keystore.find(kid)
+        if key is None:
+            raise TokenError("token signed by an unknown key")
+        try:
+            claims = jwt.decode(
+                token,
+                key.public_key(),
+                algorithms=[key.algorithm],  # from our key, never from the token
+                audience=self.refresh_audience,
+                issuer=self.issuer,
+                options=_DECODE_OPTIONS,
+            )
+        except jwt.InvalidSignatureError as exc:
+            raise TokenError("bad signature") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise TokenError("not a refresh token (wrong audience)") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise TokenError("wrong issuer") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError(f"missing claim {exc.claim!r}") from exc
+        except jwt.InvalidTokenError as exc:
+            raise TokenError("malformed token") from exc
+        return self._refresh_claims(claims)
+
+    def _refresh_claims(self, claims: dict[str, Any]) -> RefreshClaims:
+        if claims.get("typ") != "refresh":
+            raise TokenError("not a refresh token")
+        exp, iat = claims["exp"], claims["iat"]
+        if not (_is_int(exp) and _is_int(iat)):
+            raise TokenError("malformed token")
+        now = self._now()
+        if now > exp + LEEWAY:
+            raise TokenError("token expired")
+        if iat > now + LEEWAY:
+            raise TokenError("token issued in the future")
+        subject, kind, fingerprint = claims["sub"], claims.get("kind"), claims.get("fp")
+        if not isinstance(subject, str) or not subject:
+            raise TokenError("token has no subject")
+        if kind not in REFRESH_KINDS:
+            raise TokenError("token has an unknown kind")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise TokenError("malformed token")
+        return RefreshClaims(subject=subject, kind=kind, fingerprint=fingerprint, issued_at=iat)

@@ -1,0 +1,311 @@
+"""The decision engine: a compiled policy that answers who may do what, and why.
+
+Rights come from five sources: admin, namespace visibility, personal namespaces, owning
+teams and grants. Restrictions then remove actions from everyone they do not list. The
+policy is indexed by principal and by the literal first path component of each pattern,
+so a decision only looks at rules that could apply to the caller and the repository.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from gateway.policy.model import (
+    ANONYMOUS,
+    AUTHENTICATED,
+    PULL,
+    PUSH,
+    REPOSITORY_ACTIONS,
+    Grant,
+    Location,
+    Policy,
+    Principal,
+    Restriction,
+    Role,
+    Subject,
+    Visibility,
+    stronger,
+)
+from gateway.policy.patterns import Pattern, compile_pattern, is_repository_name, namespace_of
+
+ALL = "*"
+CATALOG = ("registry", "catalog")
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why an action is allowed or denied: a rule in words and where it is written."""
+
+    effect: str  # "allow" | "deny"
+    rule: str
+    location: Location | None = None
+
+    def __str__(self) -> str:
+        where = f" ({self.location.short})" if self.location and self.location.line else ""
+        return f"{self.rule}{where}"
+
+
+NO_RULE = Reason("deny", "no rule grants this")
+
+
+@dataclass(frozen=True, slots=True)
+class ActionDecision:
+    action: str
+    allowed: bool
+    reasons: tuple[Reason, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one resource: the granted subset of the requested actions, with reasons."""
+
+    type: str
+    name: str
+    requested: tuple[str, ...]
+    granted: tuple[str, ...]
+    actions: tuple[ActionDecision, ...]
+    revision: str
+
+    def access(self) -> dict[str, object]:
+        """The token's `access` entry for this resource (actions may be empty)."""
+        return {"type": self.type, "name": self.name, "actions": list(self.granted)}
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """Rules indexed by the literal first path component of their patterns."""
+
+    by_prefix: dict[str, list[tuple[Pattern, object]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    wild: list[tuple[Pattern, object]] = field(default_factory=list)
+
+    def add(self, pattern: Pattern, rule: object) -> None:
+        if pattern.prefix is None:
+            self.wild.append((pattern, rule))
+        else:
+            self.by_prefix[pattern.prefix].append((pattern, rule))
+
+    def matching(self, repository: str) -> Iterable[object]:
+        head = repository.partition("/")[0]
+        for pattern, rule in self.by_prefix.get(head, ()):
+            if pattern.matches(repository):
+                yield rule
+        for pattern, rule in self.wild:
+            if pattern.matches(repository):
+                yield rule
+
+
+class Engine:
+    """A policy compiled for fast decisions. Immutable once built; safe to share."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.revision = policy.revision
+        self._grants: dict[Principal, _Bucket] = defaultdict(_Bucket)
+        for grant in policy.grants:
+            for text in grant.repositories:
+                pattern = compile_pattern(text)
+                for principal in set(grant.to):
+                    self._grants[principal].add(pattern, grant)
+        self._restrictions = _Bucket()
+        for restriction in policy.restrictions:
+            for text in restriction.repositories:
+                self._restrictions.add(compile_pattern(text), restriction)
+        self._memberships: dict[Principal, dict[str, Role]] = defaultdict(dict)
+        self._groups: dict[str, list[tuple[str, Role]]] = defaultdict(list)
+        for team in policy.teams.values():
+            for member, role in team.members:
+                held = self._memberships[member]
+                held[team.name] = stronger(held.get(team.name), role)
+            for group, role in team.ldap_groups:
+                self._groups[group.lower()].append((team.name, role))
+
+    # -- who is asking -------------------------------------------------------------------
+
+    def known(self, subject: Subject) -> bool:
+        """Whether the subject is a user or robot of this policy."""
+        if subject.kind == "user":
+            return subject.name in self.policy.users
+        if subject.kind == "robot":
+            return subject.name in self.policy.robots
+        return False
+
+    def teams_of(self, subject: Subject) -> dict[str, Role]:
+        """The subject's teams and roles: listed memberships plus mapped directory groups."""
+        if not self.known(subject):
+            return {}
+        teams = dict(self._memberships.get(subject.principal, {}))
+        for group in subject.groups:
+            for team, role in self._groups.get(group.lower(), ()):
+                teams[team] = stronger(teams.get(team), role)
+        return teams
+
+    def principals(
+        self, subject: Subject, teams: Mapping[str, Role] | None = None
+    ) -> set[Principal]:
+        """Every principal a rule may name to reach this subject."""
+        if not self.known(subject):
+            return {ANONYMOUS}
+        teams = self.teams_of(subject) if teams is None else teams
+        found = {ANONYMOUS, AUTHENTICATED, subject.principal}
+        found.update(Principal("team", name) for name in teams)
+        return found
+
+    def is_admin(self, subject: Subject) -> bool:
+        user = self.policy.users.get(subject.name) if subject.kind == "user" else None
+        return bool(user and user.admin)
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def decide(self, subject: Subject, type_: str, name: str, actions: Iterable[str]) -> Decision:
+        """The granted subset of `actions` on one resource, with the reasons for each."""
+        requested = tuple(dict.fromkeys(actions))
+        if type_ == "repository" and is_repository_name(name):
+            rights = self.repository_rights(subject, name)
+        elif (type_, name) == CATALOG:
+            rights = self._catalog_rights(subject)
+        else:
+            rights = {}
+            unknown = Reason("deny", f"no rights exist on resource type {type_!r} name {name!r}")
+            decisions = tuple(ActionDecision(a, False, (unknown,)) for a in requested)
+            return Decision(type_, name, requested, (), decisions, self.revision)
+        decisions = tuple(self._one(action, rights, type_) for action in requested)
+        granted = tuple(d.action for d in decisions if d.allowed)
+        return Decision(type_, name, requested, granted, decisions, self.revision)
+
+    def _one(
+        self, action: str, rights: dict[str, tuple[bool, tuple[Reason, ...]]], type_: str
+    ) -> ActionDecision:
+        if action in rights:
+            allowed, reasons = rights[action]
+            return ActionDecision(action, allowed, reasons)
+        if action == ALL and type_ == "repository":
+            parts = [rights[a] for a in REPOSITORY_ACTIONS]
+            allowed = all(ok for ok, _ in parts)
+            reasons = tuple(r for ok, rs in parts for r in rs if ok == allowed)
+            return ActionDecision(action, allowed, reasons)
+        return ActionDecision(action, False, (Reason("deny", f"{action!r} is not an action"),))
+
+    def _catalog_rights(self, subject: Subject) -> dict[str, tuple[bool, tuple[Reason, ...]]]:
+        if self.is_admin(subject):
+            user = self.policy.users[subject.name]
+            return {
+                ALL: (True, (Reason("allow", f"user {subject.name} is an admin", user.location),))
+            }
+        return {ALL: (False, (Reason("deny", "only admins may list the registry's catalog"),))}
+
+    def repository_rights(
+        self, subject: Subject, repository: str
+    ) -> dict[str, tuple[bool, tuple[Reason, ...]]]:
+        """For pull, push and delete on a repository: allowed or not, and why."""
+        policy = self.policy
+        teams = self.teams_of(subject)
+        principals = self.principals(subject, teams)
+        allows: dict[str, list[Reason]] = {action: [] for action in REPOSITORY_ACTIONS}
+
+        def allow(actions: Iterable[str], reason: Reason) -> None:
+            for action in actions:
+                allows[action].append(reason)
+
+        if self.is_admin(subject):
+            user = policy.users[subject.name]
+            allow(
+                REPOSITORY_ACTIONS,
+                Reason("allow", f"user {subject.name} is an admin", user.location),
+            )
+
+        ns_name = namespace_of(repository)
+        namespace = policy.namespaces.get(ns_name)
+        if not ns_name:
+            visibility = policy.settings.global_namespace
+            where = policy.settings.location
+            self._visibility(
+                principals, visibility, "repositories without a namespace", where, allow
+            )
+        elif namespace is not None:
+            what = f"namespace {ns_name}"
+            self._visibility(principals, namespace.visibility, what, namespace.location, allow)
+            if namespace.personal and subject.kind == "user" and subject.name == ns_name:
+                allow(
+                    Role.OWNER.actions,
+                    Reason("allow", f"personal namespace of user {ns_name}", namespace.location),
+                )
+            for team in namespace.teams:
+                role = teams.get(team)
+                if role is not None:
+                    rule = (
+                        f"{subject} is {role.value} in team {team}, which owns namespace {ns_name}"
+                    )
+                    allow(role.actions, Reason("allow", rule, namespace.location))
+
+        for principal in principals:
+            bucket = self._grants.get(principal)
+            if bucket is None:
+                continue
+            for grant in _unique(bucket.matching(repository)):
+                assert isinstance(grant, Grant)
+                allow(
+                    grant.actions,
+                    Reason("allow", _describe_grant(grant, principal), grant.location),
+                )
+
+        denies: dict[str, list[Reason]] = {action: [] for action in REPOSITORY_ACTIONS}
+        for restriction in _unique(self._restrictions.matching(repository)):
+            assert isinstance(restriction, Restriction)
+            if principals.isdisjoint(restriction.only):
+                only = ", ".join(str(p) for p in restriction.only) or "nobody"
+                rule = f"restricted to {only} on {', '.join(restriction.repositories)}"
+                for action in restriction.actions:
+                    denies[action].append(Reason("deny", rule, restriction.location))
+
+        rights: dict[str, tuple[bool, tuple[Reason, ...]]] = {}
+        for action in REPOSITORY_ACTIONS:
+            if denies[action]:
+                rights[action] = (False, tuple(denies[action]))
+            elif allows[action]:
+                rights[action] = (True, tuple(allows[action]))
+            else:
+                rights[action] = (False, (NO_RULE,))
+        return rights
+
+    @staticmethod
+    def _visibility(
+        principals: set[Principal], visibility: Visibility, what: str, where: Location, allow
+    ) -> None:
+        if visibility is Visibility.PUBLIC:
+            allow((PULL,), Reason("allow", f"{what} is public: anyone may pull", where))
+        elif visibility is Visibility.PROTECTED and AUTHENTICATED in principals:
+            allow(
+                (PULL,),
+                Reason(
+                    "allow", f"{what} is protected: any signed-in user or robot may pull", where
+                ),
+            )
+
+    def may_pull(self, subject: Subject, repository: str) -> bool:
+        """Shorthand for the catalog views."""
+        return self.repository_rights(subject, repository)[PULL][0]
+
+
+def _unique(rules: Iterable[object]) -> Iterable[object]:
+    """Each rule once, even when several of its patterns match."""
+    seen: set[int] = set()
+    for rule in rules:
+        if id(rule) not in seen:
+            seen.add(id(rule))
+            yield rule
+
+
+def _describe_grant(grant: Grant, principal: Principal) -> str:
+    what = (
+        f"role {grant.role.value}"
+        if grant.role
+        else ", ".join(a for a in REPOSITORY_ACTIONS if a in grant.actions)
+    )
+    return f"grant of {what} to {principal} on {', '.join(grant.repositories)}"
+
+
+__all__ = ["ALL", "PUSH", "ActionDecision", "Decision", "Engine", "Reason"]

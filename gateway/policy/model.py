@@ -1,0 +1,206 @@
+"""The policy's vocabulary: frozen records built by `load` and read by `engine`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+PULL, PUSH, DELETE = "pull", "push", "delete"
+REPOSITORY_ACTIONS: tuple[str, ...] = (PULL, PUSH, DELETE)
+
+
+class Role(StrEnum):
+    """A team member's role; each implies a fixed set of actions."""
+
+    VIEWER = "viewer"
+    CONTRIBUTOR = "contributor"
+    OWNER = "owner"
+
+    @property
+    def actions(self) -> frozenset[str]:
+        return ROLE_ACTIONS[self]
+
+
+ROLE_ACTIONS: dict[Role, frozenset[str]] = {
+    Role.VIEWER: frozenset({PULL}),
+    Role.CONTRIBUTOR: frozenset({PULL, PUSH}),
+    Role.OWNER: frozenset({PULL, PUSH, DELETE}),
+}
+
+
+class Visibility(StrEnum):
+    """Who may pull from a namespace without a grant."""
+
+    PUBLIC = "public"  # anyone, anonymous included
+    PROTECTED = "protected"  # any signed-in user or robot
+    PRIVATE = "private"  # only those granted
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a definition lives: 1-based line and column, as editors count."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+    @property
+    def short(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+NOWHERE = Location("<builtin>", 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a rule names: `user:NAME`, `robot:NAME`, `team:NAME`, `authenticated`, `anonymous`."""
+
+    kind: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}" if self.name else self.kind
+
+
+AUTHENTICATED = Principal("authenticated")
+ANONYMOUS = Principal("anonymous")
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who is asking: a user, a robot, or nobody (anonymous)."""
+
+    kind: str  # "user" | "robot" | "anonymous"
+    name: str = ""
+    groups: frozenset[str] = frozenset()  # directory (LDAP) groups, mapped to teams by the engine
+
+    def __str__(self) -> str:
+        return "anonymous" if self.kind == "anonymous" else f"{self.kind}:{self.name}"
+
+    @property
+    def principal(self) -> Principal:
+        return ANONYMOUS if self.kind == "anonymous" else Principal(self.kind, self.name)
+
+    @classmethod
+    def parse(cls, text: str) -> Subject:
+        """Read `user:NAME`, `robot:NAME` or `anonymous`; ValueError otherwise."""
+        if text == "anonymous":
+            return ANONYMOUS_SUBJECT
+        kind, sep, name = text.partition(":")
+        if not sep or kind not in ("user", "robot") or not name:
+            raise ValueError(f"subject {text!r}: expected user:NAME, robot:NAME or anonymous")
+        return cls(kind, name)
+
+
+ANONYMOUS_SUBJECT = Subject("anonymous")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A personal access token of a user (hashed), possibly narrower than the user."""
+
+    name: str
+    token_sha256: str
+    expires: dt.date | None
+    actions: frozenset[str] | None  # None: whatever the user may do
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    password: str | None  # bcrypt or argon2id hash, never plaintext
+    admin: bool
+    location: Location
+    tokens: tuple[AccessToken, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Robot:
+    name: str
+    token_sha256: str
+    expires: dt.date | None
+    description: str
+    location: Location
+
+    def expired(self, today: dt.date) -> bool:
+        return self.expires is not None and today > self.expires
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    name: str
+    members: tuple[tuple[Principal, Role], ...]  # user or robot principals
+    location: Location
+    ldap_groups: tuple[tuple[str, Role], ...] = ()
+    description: str = ""
+
+    def role_of(self, principal: Principal) -> Role | None:
+        """The highest role this principal holds in the team, if any."""
+        best: Role | None = None
+        for member, role in self.members:
+            if member == principal and (best is None or _RANK[role] > _RANK[best]):
+                best = role
+        return best
+
+
+_RANK = {Role.VIEWER: 0, Role.CONTRIBUTOR: 1, Role.OWNER: 2}
+
+
+def stronger(a: Role | None, b: Role) -> Role:
+    """The stronger of two roles."""
+    return b if a is None or _RANK[b] > _RANK[a] else a
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    name: str
+    teams: tuple[str, ...]
+    visibility: Visibility
+    description: str
+    location: Location
+    personal: bool = False  # a user's own namespace, made by the engine
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    to: tuple[Principal, ...]
+    repositories: tuple[str, ...]
+    actions: frozenset[str]
+    role: Role | None
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Restriction:
+    repositories: tuple[str, ...]
+    actions: frozenset[str]
+    only: tuple[Principal, ...]
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    personal_namespaces: bool = True
+    global_namespace: Visibility = Visibility.PROTECTED
+    location: Location = NOWHERE
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A whole, validated policy. `revision` names the source it was read from."""
+
+    settings: Settings
+    users: dict[str, User]
+    robots: dict[str, Robot]
+    teams: dict[str, Team]
+    namespaces: dict[str, Namespace]
+    grants: tuple[Grant, ...]
+    restrictions: tuple[Restriction, ...]
+    revision: str = "unknown"
+    files: tuple[str, ...] = field(default=())

@@ -1,0 +1,105 @@
+"""Reading YAML as located nodes, with YAML 1.2 scalars.
+
+The policy loader needs the position of every value for its error messages. It composes
+the YAML into nodes with libyaml (through PyYAML's C composer: ten times faster than a
+pure-Python parser on a large policy) and resolves plain scalars itself by the YAML 1.2
+core schema, so `yes` stays a string and `[team:qa]` is a list of one string.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from gateway.policy.model import Location
+
+try:
+    _Loader: type = yaml.CSafeLoader
+except AttributeError:  # PyYAML built without libyaml
+    _Loader = yaml.SafeLoader
+
+Node = yaml.Node
+MappingNode = yaml.MappingNode
+SequenceNode = yaml.SequenceNode
+ScalarNode = yaml.ScalarNode
+
+_NULL = {"", "~", "null", "Null", "NULL"}
+_TRUE = {"true", "True", "TRUE"}
+_FALSE = {"false", "False", "FALSE"}
+_INT = re.compile(r"[-+]?[0-9]+")
+_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class SyntaxProblem:
+    """A document that is not YAML at all."""
+
+    location: Location
+    message: str
+
+
+def compose(text: str, filename: str) -> Node | SyntaxProblem | None:
+    """Compose one YAML document into nodes; None for an empty document."""
+    try:
+        loader = _Loader(text)
+        try:
+            return loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = " ".join(part for part in (exc.context, exc.problem) if part)
+        return SyntaxProblem(Location(filename, line, column), f"invalid YAML: {what}")
+    except yaml.YAMLError as exc:
+        return SyntaxProblem(Location(filename, 1, 1), f"invalid YAML: {exc}")
+
+
+def location(node: Node, filename: str) -> Location:
+    """The 1-based position of a node."""
+    mark = node.start_mark
+    return Location(filename, mark.line + 1, mark.column + 1)
+
+
+def scalar(node: ScalarNode) -> Any:
+    """A scalar's value by the YAML 1.2 core schema (quoted scalars are always strings)."""
+    value: str = node.value
+    if node.style:  # quoted or block: a string whatever it looks like
+        return value
+    if value in _NULL:
+        return None
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    if _INT.fullmatch(value):
+        return int(value)
+    match = _DATE.fullmatch(value)
+    if match:
+        try:
+            return dt.date(*(int(g) for g in match.groups()))
+        except ValueError:
+            return value
+    return value
+
+
+def kind(node: Node) -> str:
+    """What a node is, in words for error messages."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    value = scalar(node)
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, dt.date):
+        return "a date"
+    return "a string"
