@@ -281,7 +281,10 @@ def test_missing_data_dir_reads_as_empty(tmp_path):
 
 def test_unsupported_algorithm_is_rejected(tmp_path):
     with pytest.raises(KeyStoreError, match="PS256"):
-        KeyStore(tmp_path).rotate("PS256")
+        KeyStore(tmp_path / "data").rotate("PS256")
+    with pytest.raises(KeyStoreError, match="EdDSA"):
+        KeyStore(tmp_path / "data").ensure("EdDSA")
+    assert not (tmp_path / "data").exists()
 
 
 def test_corrupt_key_file_is_reported_by_name(tmp_path):

@@ -116,12 +116,15 @@ class SigningKey:
         return self._cert_pem
 
 
+def _check_algorithm(algorithm: str) -> None:
+    if algorithm not in ALGORITHMS:
+        raise KeyStoreError(f"unsupported algorithm {algorithm!r}: expected one of {ALGORITHMS}")
+
+
 def _generate_private_key(algorithm: str) -> PrivateKey:
-    if algorithm == "ES256":
-        return ec.generate_private_key(ec.SECP256R1())
     if algorithm == "RS256":
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_SIZE)
-    raise KeyStoreError(f"unsupported algorithm {algorithm!r}: expected one of {ALGORITHMS}")
+    return ec.generate_private_key(ec.SECP256R1())
 
 
 def _self_signed_certificate(
@@ -263,6 +266,7 @@ class KeyStore:
 
     def ensure(self, algorithm: str = "ES256") -> SigningKey:
         """Create the first key if there is none; return the newest."""
+        _check_algorithm(algorithm)
         with self._locked():
             if not self._keys:
                 self._create(algorithm)
@@ -270,6 +274,7 @@ class KeyStore:
 
     def rotate(self, algorithm: str = "ES256") -> SigningKey:
         """Add a new key; it becomes the signing key while older ones stay trusted."""
+        _check_algorithm(algorithm)
         with self._locked():
             return self._create(algorithm)
 

@@ -185,6 +185,8 @@ class TokenIssuer:
                 issuer=self.issuer,
                 options=_DECODE_OPTIONS,
             )
+        except jwt.InvalidAlgorithmError as exc:
+            raise TokenError("algorithm not allowed") from exc
         except jwt.InvalidSignatureError as exc:
             raise TokenError("bad signature") from exc
         except jwt.InvalidAudienceError as exc:
