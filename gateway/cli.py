@@ -105,6 +105,70 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--format", choices=("text", "json"), default="text")
     _policies_arg(explain)
     explain.set_defaults(func=cmd_explain)
+
+    from gateway import commands
+    from gateway.config import add_flags
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the token endpoint (and UI) with the live policy",
+        description=(
+            "Serve GET/POST /auth/token for a registry, /healthz, /readyz and the JWKS. Settings "
+            "come from defaults < --config FILE < REGISTRY_GATEWAY_* environment < flags. On first "
+            "start an ES256 signing key and certificate are created under --data-dir. Exits with "
+            "status 1 when no valid policy can be loaded."
+        ),
+    )
+    add_flags(serve)
+    serve.set_defaults(func=commands.cmd_serve)
+
+    keys = sub.add_parser("keys", help="signing keys: bundle, rotate, list")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    bundle = keys_sub.add_parser(
+        "bundle",
+        help="print the PEM bundle for the registry's rootcertbundle",
+        description="Print every signing certificate (creating the first key if none exists).",
+    )
+    bundle.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    rotate = keys_sub.add_parser(
+        "rotate",
+        help="add a new signing key; the newest signs, all stay in the bundle",
+        description=(
+            "Add a key. Put the new bundle in the registry and restart it; remove an old key "
+            "file only after the longest token lifetime has passed."
+        ),
+    )
+    rotate.add_argument("--algorithm", choices=("ES256", "RS256"))
+    keys_list = keys_sub.add_parser("list", help="list keys, newest last")
+    for p in (bundle, rotate, keys_list):
+        add_flags(p, ("data_dir", "issuer", "key_algorithm"))
+    keys.set_defaults(func=commands.cmd_keys)
+
+    regconf = sub.add_parser(
+        "registry-config",
+        help="print the registry's auth.token section for these settings",
+        description="Print the registry configuration (auth.token, notifications) that matches "
+        "the gateway's settings, as YAML to merge into the registry's config.yml.",
+    )
+    regconf.add_argument(
+        "--rootcertbundle",
+        metavar="PATH",
+        default="/etc/docker/registry/registry-gateway.pem",
+        help="where the registry reads the certificate bundle (default: %(default)s)",
+    )
+    add_flags(regconf, ("service", "issuer", "public_url"))
+    regconf.set_defaults(func=commands.cmd_registry_config)
+
+    hashpw = sub.add_parser(
+        "hash-password",
+        help="hash a password for a policy file",
+        description="Read a password (without echo on a terminal, else one line of stdin) and "
+        "print its hash to paste into a policy file as users.NAME.password.",
+    )
+    hashpw.add_argument("--algorithm", choices=("bcrypt", "argon2id"), default="bcrypt")
+    hashpw.add_argument("--cost", type=int, default=12, choices=range(10, 16), metavar="10-15")
+    hashpw.add_argument("--stdin", action="store_true", help="read from stdin even on a terminal")
+    hashpw.set_defaults(func=commands.cmd_hash_password)
     return parser
 
 

@@ -55,7 +55,7 @@ def b64url(data: bytes) -> str:
 def decode_access(token: str, keystore: KeyStore, at: float = NOW) -> dict:
     """Verify an access token as the registry would, with the x5c certificate's key."""
     (cert_b64,) = jwt.get_unverified_header(token)["x5c"]
-    matches = [k for k in keystore.keys() if k.x5c() == [cert_b64]]  # noqa: SIM118
+    matches = [k for k in keystore.keys() if k.x5c() == [cert_b64]]
     assert len(matches) == 1
     key = matches[0].certificate.public_key()
     return jwt.decode(

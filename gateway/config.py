@@ -1,0 +1,331 @@
+"""Settings: defaults < YAML config file < environment (REGISTRY_GATEWAY_*) < command-line flags.
+
+Every setting is declared once in FIELDS, which drives the flags, the environment variable
+names, the config file keys, `--help`, and the error a bad value gives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+ENV_PREFIX = "REGISTRY_GATEWAY_"
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value; the message names the setting, its source and what is expected."""
+
+
+class Secret:
+    """A secret string whose repr and str never show the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _int(minimum: int, maximum: int) -> Callable[[str], int]:
+    def cast(text: str) -> int:
+        value = int(text)
+        if not minimum <= value <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}")
+        return value
+
+    cast.__doc__ = f"an integer from {minimum} to {maximum}"
+    return cast
+
+
+def _duration(text: str) -> float:
+    """a duration such as 30, 30s, 5m, 1h"""
+    text = str(text).strip()
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            value = float(text[: -len(unit)]) * units[unit]
+            break
+    else:
+        value = float(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _listen(text: str) -> str:
+    """HOST:PORT"""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT such as 127.0.0.1:5001")
+    return text
+
+
+def _url(text: str) -> str:
+    """an http(s) URL"""
+    parts = urlsplit(str(text))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL")
+    return str(text).rstrip("/")
+
+
+def _bool(text: str) -> bool:
+    """true or false"""
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def cast(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return text
+
+    cast.__doc__ = " or ".join(options)
+    return cast
+
+
+def _path(text: str) -> Path:
+    """a file system path"""
+    return Path(str(text)).expanduser()
+
+
+def _optional(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    def wrapped(text: str) -> Any:
+        return None if text in ("", None) else cast(text)
+
+    wrapped.__doc__ = cast.__doc__
+    return wrapped
+
+
+def _secret(text: str) -> Secret:
+    """a secret string"""
+    return Secret(str(text))
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    default: Any
+    cast: Callable[[str], Any]
+    help: str
+    flag: bool = True  # secrets are never flags: a command line is visible to every user
+
+
+FIELDS: tuple[Field, ...] = (
+    Field(
+        "policies",
+        Path("policies"),
+        _path,
+        "policy directory (in a git work tree: its commit is the revision)",
+    ),
+    Field("data_dir", Path(".data"), _path, "signing keys and other state live here"),
+    Field("listen", "127.0.0.1:5001", _listen, "address to serve on, HOST:PORT"),
+    Field("service", "registry", str, "the registry's auth.token.service; tokens' audience"),
+    Field("issuer", "registry-gateway", str, "tokens' issuer; the registry's auth.token.issuer"),
+    Field("token_ttl", 300, _int(30, 86400), "lifetime of access tokens, seconds"),
+    Field("refresh_ttl", 90 * 86400, _int(60, 3650 * 86400), "lifetime of refresh tokens, seconds"),
+    Field(
+        "public_url",
+        "http://127.0.0.1:5001",
+        _url,
+        "how clients reach the gateway (the realm's base)",
+    ),
+    Field("workers", 1, _int(1, 64), "server worker processes"),
+    Field(
+        "key_algorithm",
+        "ES256",
+        _choice("ES256", "RS256"),
+        "algorithm of newly generated signing keys",
+    ),
+    Field("audit_log", "-", str, "where audit lines go: a file path, or - for standard output"),
+    Field("log_level", "info", _choice("debug", "info", "warning", "error"), "server log level"),
+    Field("log_format", "json", _choice("json", "text"), "server log format"),
+    Field(
+        "registry_url", None, _optional(_url), "the registry's API, for the catalog UI (optional)"
+    ),
+    Field(
+        "registry_public",
+        None,
+        _optional(str),
+        "registry address shown in pull commands (default: from registry_url)",
+    ),
+    Field("max_scopes", 100, _int(1, 10000), "most scopes one token request may ask for"),
+    Field(
+        "reload_secret",
+        None,
+        _optional(_secret),
+        "shared secret for POST /-/reload (env or file only)",
+        flag=False,
+    ),
+    Field(
+        "notification_secret",
+        None,
+        _optional(_secret),
+        "shared secret the registry sends with notifications (env or file only)",
+        flag=False,
+    ),
+    Field(
+        "session_secret",
+        None,
+        _optional(_secret),
+        "key that signs UI session cookies (default: derived from the signing key)",
+        flag=False,
+    ),
+)
+_BY_NAME = {f.name: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    policies: Path
+    data_dir: Path
+    listen: str
+    service: str
+    issuer: str
+    token_ttl: int
+    refresh_ttl: int
+    public_url: str
+    workers: int
+    key_algorithm: str
+    audit_log: str
+    log_level: str
+    log_format: str
+    registry_url: str | None
+    registry_public: str | None
+    max_scopes: int
+    reload_secret: Secret | None
+    notification_secret: Secret | None
+    session_secret: Secret | None
+
+    @property
+    def realm(self) -> str:
+        return f"{self.public_url}/auth/token"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def replace(self, **changes: Any) -> Settings:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """Add `--config` and a flag for each setting (all, or those named) to a parser."""
+    parser.add_argument(
+        "--config", metavar="FILE", help=f"YAML settings file (env {ENV_PREFIX}CONFIG)"
+    )
+    for field in FIELDS:
+        if not field.flag or (names is not None and field.name not in names):
+            continue
+        shown = field.default if field.default is not None else "unset"
+        parser.add_argument(
+            flag_name(field.name),
+            dest=field.name,
+            metavar=field.name.upper(),
+            default=None,
+            help=f"{field.help} (env {env_name(field.name)}; default: {shown})",
+        )
+
+
+def _cast(field: Field, raw: Any, source: str) -> Any:
+    try:
+        return field.cast(raw) if isinstance(raw, str) or raw is None else field.cast(str(raw))
+    except (ValueError, TypeError) as exc:
+        expected = field.cast.__doc__ or "a valid value"
+        shown = "(hidden)" if field.flag is False else repr(raw)
+        raise ConfigError(
+            f"setting {field.name} from {source}: {shown} is not valid ({exc}); expected {expected}"
+        ) from None
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Resolve every setting from its layers; ConfigError names the first bad one."""
+    environ = os.environ if environ is None else environ
+    flags = dict(flags or {})
+    config_file = config_file or flags.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    file_values: dict[str, Any] = {}
+    if config_file:
+        file_values = _read_config_file(Path(config_file))
+    values: dict[str, Any] = {}
+    for field in FIELDS:
+        value = field.default
+        if field.name in file_values:
+            value = _cast(field, file_values[field.name], f"config file {config_file}")
+        if env_name(field.name) in environ:
+            value = _cast(
+                field, environ[env_name(field.name)], f"environment {env_name(field.name)}"
+            )
+        if flags.get(field.name) is not None:
+            value = _cast(field, flags[field.name], f"flag {flag_name(field.name)}")
+        elif isinstance(value, str) and field.cast is not str and value is field.default:
+            value = _cast(field, value, "the default")
+        values[field.name] = value
+    return Settings(**values)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings")
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _BY_NAME:
+            raise ConfigError(
+                f"config file {path}: unknown setting {key!r} (known: {', '.join(_BY_NAME)})"
+            )
+        out[name] = value
+    return out
