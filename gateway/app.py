@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -82,6 +83,23 @@ class Gateway:
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    async def watch_keys(self, interval: float = 2.0) -> None:
+        """Pick up keys rotated by another process (`keys rotate`, another replica)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                before = self.keys.current().kid
+                await asyncio.to_thread(self.keys.reload)
+                after = self.keys.current().kid
+                if after != before:
+                    log.info(
+                        "now signing with key %s",
+                        after,
+                        extra={"event": "key_rotated", "kid": after},
+                    )
+            except Exception:
+                log.exception("re-reading signing keys failed; still signing with the previous key")
+
     async def jwks(self, request: Request) -> Response:
         return JSONResponse(self.keys.jwks(), headers={"Cache-Control": "max-age=60"})
 
@@ -111,9 +129,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings.service,
             extra={"event": "started", "listen": settings.listen},
         )
-        yield
-        gateway.draining = True
-        gateway.audit.close()
+        tasks = [asyncio.create_task(gateway.watch_keys())]
+        try:
+            yield
+        finally:
+            gateway.draining = True
+            for task in tasks:
+                task.cancel()
+            gateway.audit.close()
 
     routes = [
         Route("/auth/token", gateway.tokens.get, methods=["GET"], name="token"),

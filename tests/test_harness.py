@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
 from support.binaries import require
 from support.clients import DockerCLI, Podman, Skopeo, ok
 from support.fixtures import OciImage

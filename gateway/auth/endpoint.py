@@ -256,7 +256,8 @@ class TokenService:
         ctx["auth"] = identity.method
         ctx["revision"] = engine.revision
         now = time.time()
-        key = (subject, tuple(scopes), engine.revision)
+        # A new revision or a new signing key never reuses a token made before it.
+        key = (subject, tuple(scopes), engine.revision, self.issuer.keystore.current().kid)
         cached = self.cache.get(key, now)
         if cached is None:
             access = [engine.decide(subject, s.type, s.name, s.actions).access() for s in scopes]

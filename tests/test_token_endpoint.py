@@ -1,0 +1,225 @@
+"""GET and POST /auth/token through the ASGI app: the protocol details clients depend on."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.config import load_settings
+
+from support.gateway import PASSWORDS, jwt_parts
+
+SERVICE = "unit-registry"
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    return Path(shutil.copytree("policies", tmp_path / "policies"))
+
+
+@pytest.fixture
+def client(tmp_path: Path, policies: Path) -> Iterator[TestClient]:
+    settings = load_settings(
+        {
+            "policies": str(policies),
+            "data_dir": str(tmp_path / "data"),
+            "service": SERVICE,
+            "audit_log": str(tmp_path / "audit.log"),
+        },
+        environ={},
+    )
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def token(client: TestClient, *scopes: str, user: str | None = None, **params: str):
+    query = [("service", SERVICE), *(("scope", s) for s in scopes), *params.items()]
+    auth = (user, PASSWORDS[user]) if user else None
+    return client.get("/auth/token", params=query, auth=auth)
+
+
+def access(response) -> list[dict]:
+    return jwt_parts(response.json()["token"])[1]["access"]
+
+
+def test_response_fields_have_the_types_clients_need(client: TestClient) -> None:
+    answer = token(client, "repository:library/alpine:pull")
+    body = answer.json()
+    assert answer.status_code == 200
+    assert body["token"] == body["access_token"]
+    assert isinstance(body["expires_in"], int) and body["expires_in"] == 300
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["issued_at"])
+    assert "refresh_token" not in body
+    header, claims = jwt_parts(body["token"])
+    assert (
+        header["alg"] == "ES256"
+        and header["x5c"]
+        and re.fullmatch(r"([A-Z2-7]{4}:){11}[A-Z2-7]{4}", header["kid"])
+    )
+    assert claims["aud"] == SERVICE and claims["sub"] == ""
+    assert all(isinstance(claims[k], int) for k in ("exp", "nbf", "iat"))
+    assert claims["revision"] == client.get("/healthz").json()["revision"]
+
+
+def test_every_scope_is_granted_independently_and_merged(client: TestClient) -> None:
+    answer = token(
+        client,
+        "repository:platform/api:push",
+        "repository:platform/api:pull repository:library/base:pull",
+        "repository:platform/api:pull",
+        "repository:qa/tool:pull,push",
+        user="bob",
+    )
+    assert access(answer) == [
+        {"type": "repository", "name": "platform/api", "actions": ["pull", "push"]},
+        {"type": "repository", "name": "library/base", "actions": ["pull"]},
+        {"type": "repository", "name": "qa/tool", "actions": ["pull"]},
+    ]
+
+
+def test_catalog_scope_for_admin(client: TestClient) -> None:
+    assert access(token(client, "registry:catalog:*", user="alice")) == [
+        {"type": "registry", "name": "catalog", "actions": ["*"]}
+    ]
+    assert access(token(client, "registry:catalog:*", user="bob"))[0]["actions"] == []
+
+
+@pytest.mark.parametrize(
+    ("params", "code", "words"),
+    [
+        ({"service": ""}, "SERVICE_INVALID", "service parameter is missing"),
+        ({"service": "other"}, "SERVICE_INVALID", "unknown service 'other'"),
+        ({"scope": "repository:Bad:pull"}, "SCOPE_INVALID", "repository name 'Bad'"),
+        ({"scope": "repository:a/b"}, "SCOPE_INVALID", "invalid scope"),
+        ({"scope": " ".join(f"repository:r/{i}:pull" for i in range(101))}, "SCOPE_INVALID", "100"),
+        ({"scope": "repository:" + "a" * 9000 + ":pull"}, "REQUEST_TOO_LARGE", "8192"),
+    ],
+)
+def test_bad_requests_get_a_clear_400(
+    client: TestClient, params: dict, code: str, words: str
+) -> None:
+    query = {"service": SERVICE, **params}
+    answer = client.get("/auth/token", params=query)
+    assert answer.status_code == 400
+    error = answer.json()["errors"][0]
+    assert error["code"] == code and words in error["message"]
+
+
+def test_bad_credentials_get_401_with_a_basic_challenge(client: TestClient) -> None:
+    wrong = client.get("/auth/token", params={"service": SERVICE}, auth=("bob", "nope"))
+    unknown = client.get("/auth/token", params={"service": SERVICE}, auth=("mallory", "nope"))
+    for answer in (wrong, unknown):
+        assert answer.status_code == 401
+        assert (
+            answer.headers["www-authenticate"] == 'Basic realm="http://127.0.0.1:5001/auth/token"'
+        )
+        assert answer.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert wrong.json() == unknown.json()  # no user enumeration in the answer
+    robot = client.get("/auth/token", params={"service": SERVICE}, auth=("release", "wrong"))
+    assert robot.status_code == 401
+
+
+def test_offline_token_gives_a_refresh_token_that_works_by_post(client: TestClient) -> None:
+    body = token(client, user="bob", offline_token="true", account="bob", client_id="docker").json()
+    refresh = body["refresh_token"]
+    answer = client.post(
+        "/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh,
+            "service": SERVICE,
+            "client_id": "docker",
+            "scope": "repository:platform/api:pull,push repository:platform/prod/x:push",
+        },
+    )
+    assert answer.status_code == 200
+    got = answer.json()
+    assert got["scope"] == "repository:platform/api:pull,push"
+    assert got["refresh_token"] == refresh  # no rotation: Docker keeps the one it has
+    assert jwt_parts(got["access_token"])[1]["sub"] == "bob"
+
+
+def test_password_grant_by_post(client: TestClient) -> None:
+    answer = client.post(
+        "/auth/token",
+        data={
+            "grant_type": "password",
+            "username": "ci-deploy",
+            "password": PASSWORDS["ci-deploy"],
+            "service": SERVICE,
+            "client_id": "containerd",
+            "access_type": "offline",
+            "scope": "repository:platform/app:pull,push",
+        },
+    )
+    assert answer.status_code == 200
+    assert answer.json()["scope"] == "repository:platform/app:pull,push"
+    assert "refresh_token" in answer.json()
+    bad = client.post(
+        "/auth/token",
+        data={
+            "grant_type": "password",
+            "username": "ci-deploy",
+            "password": "x",
+            "service": SERVICE,
+        },
+    )
+    assert bad.status_code == 401
+    odd = client.post("/auth/token", data={"grant_type": "client_credentials", "service": SERVICE})
+    assert odd.status_code == 400 and "grant_type" in odd.json()["errors"][0]["message"]
+    json_body = client.post("/auth/token", json={"grant_type": "password"})
+    assert json_body.status_code == 400
+
+
+def test_refresh_token_stops_working_when_the_user_leaves(
+    client: TestClient, policies: Path
+) -> None:
+    refresh = token(client, user="carol", offline_token="true").json()["refresh_token"]
+    people = policies / "people.yaml"
+    text = people.read_text()
+    start = text.index("  carol:")
+    end = text.index("  dave:")
+    people.write_text(text[:start] + text[end:])
+    teams = policies / "teams.yaml"
+    teams.write_text(teams.read_text().replace("viewers: [carol]", "viewers: []"))
+    (policies / "tests" / "access.yaml").write_text("[]\n")
+    assert client.app.state.gateway.source.reload()
+    answer = client.post(
+        "/auth/token",
+        data={"grant_type": "refresh_token", "refresh_token": refresh, "service": SERVICE},
+    )
+    assert answer.status_code == 401
+
+
+def test_audit_line_per_request_without_secrets(client: TestClient, tmp_path: Path) -> None:
+    token(client, "repository:platform/api:pull,delete", user="bob", offline_token="true")
+    client.get("/auth/token", params={"service": SERVICE}, auth=("bob", "hunter2-wrong"))
+    lines = (tmp_path / "audit.log").read_text().splitlines()
+    import json
+
+    issued, denied = (json.loads(line) for line in lines[-2:])
+    assert issued["subject"] == "user:bob" and issued["auth"] == "password"
+    assert issued["requested"] == ["repository:platform/api:delete,pull"]
+    assert issued["granted"] == [
+        {"type": "repository", "name": "platform/api", "actions": ["pull"]}
+    ]
+    assert issued["revision"] and issued["client"] == "testclient" and issued["duration_ms"] >= 0
+    assert denied["outcome"] == "denied" and denied["status"] == 401 and denied["username"] == "bob"
+    text = "\n".join(lines)
+    assert PASSWORDS["bob"] not in text and "hunter2-wrong" not in text and "eyJ" not in text
+
+
+def test_system_routes(client: TestClient) -> None:
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["revision"]
+    assert client.get("/readyz").status_code == 200
+    keys = client.get("/.well-known/jwks.json").json()["keys"]
+    assert keys[0]["kty"] == "EC" and keys[0]["kid"]
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "NOT_FOUND"
