@@ -185,7 +185,7 @@ class Engine:
         if action == ALL and type_ == "repository":
             parts = [rights[a] for a in REPOSITORY_ACTIONS]
             allowed = all(ok for ok, _ in parts)
-            reasons = tuple(r for ok, rs in parts for r in rs if ok == allowed)
+            reasons = tuple(dict.fromkeys(r for ok, rs in parts for r in rs if ok == allowed))
             return ActionDecision(action, allowed, reasons)
         return ActionDecision(action, False, (Reason("deny", f"{action!r} is not an action"),))
 
@@ -223,7 +223,7 @@ class Engine:
             visibility = policy.settings.global_namespace
             where = policy.settings.location
             self._visibility(
-                principals, visibility, "repositories without a namespace", where, allow
+                principals, visibility, "the global namespace (names without a slash)", where, allow
             )
         elif namespace is not None:
             what = f"namespace {ns_name}"

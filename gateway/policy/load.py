@@ -80,18 +80,19 @@ def policy_files(directory: Path) -> dict[str, str]:
     texts: dict[str, str] = {}
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory)
-        if relative.parts[0] == "tests" or relative.parts[0].startswith("."):
+        if relative.parts[0] == "tests" or any(part.startswith(".") for part in relative.parts):
             continue
         if path.suffix in (".yaml", ".yml") and path.is_file():
             texts[str(directory / relative)] = path.read_text(encoding="utf-8")
     return texts
 
 
-def content_revision(texts: Mapping[str, str]) -> str:
-    """A stable revision for policy text that is not in git: a hash of names and contents."""
+def content_revision(texts: Mapping[str, str], base: Path | None = None) -> str:
+    """A stable revision for policy text not in git: a hash of relative names and contents."""
     digest = hashlib.sha256()
     for name in sorted(texts):
-        digest.update(name.encode() + b"\0" + texts[name].encode() + b"\0")
+        relative = str(Path(name).relative_to(base)) if base is not None else name
+        digest.update(relative.encode() + b"\0" + texts[name].encode() + b"\0")
     return "sha256:" + digest.hexdigest()[:12]
 
 
@@ -99,7 +100,10 @@ def load_directory(
     directory: Path, *, revision: str | None = None, today: dt.date | None = None
 ) -> LoadResult:
     """Load and validate a policy directory; PolicyError lists every error at once."""
-    return load_texts(policy_files(directory), revision=revision, today=today)
+    texts = policy_files(directory)
+    if revision is None:
+        revision = content_revision(texts, base=directory)
+    return load_texts(texts, revision=revision, today=today)
 
 
 def load_texts(
@@ -198,6 +202,12 @@ class _Builder:
         )
         return None
 
+    def optional_string(self, f: dict[str, tuple[Location, yn.Node]], key: str, file: str) -> str:
+        """An optional free-text field (descriptions, names): a string when present."""
+        if key not in f:
+            return ""
+        return self.string(f[key][1], file, key) or ""
+
     def boolean(self, node: yn.Node, file: str, what: str) -> bool | None:
         value = yn.scalar(node) if isinstance(node, yn.ScalarNode) else None
         if isinstance(value, bool):
@@ -276,7 +286,7 @@ class _Builder:
         self.error(
             loc,
             f"{kind} name {name!r} must be lower-case letters and digits, optionally joined "
-            "by '.', '_' or '-' (it is used as a repository path component)",
+            "by '.', '_' or '-'",
         )
         return False
 
@@ -306,7 +316,9 @@ class _Builder:
                 password = self.password_hash(f["password"][1], file, name)
             admin = bool("admin" in f and self.boolean(f["admin"][1], file, "admin"))
             tokens = self.read_tokens(f["tokens"][1], file, name) if "tokens" in f else ()
-            self.users[name] = User(name, password, admin, loc, tokens)
+            full_name = self.optional_string(f, "full_name", file)
+            email = self.optional_string(f, "email", file)
+            self.users[name] = User(name, password, admin, loc, tokens, full_name, email)
 
     def password_hash(self, node: yn.Node, file: str, user: str) -> str | None:
         value = self.string(node, file, f"the password of user {user!r}")
@@ -347,6 +359,7 @@ class _Builder:
             f = self.fields(
                 value, file, what, ("token_sha256", "expires", "actions", "description")
             )
+            self.optional_string(f, "description", file)
             digest = self.sha256(f, file, what, loc)
             expires = self.date(f["expires"][1], file, "expires") if "expires" in f else None
             actions = None
@@ -413,7 +426,9 @@ class _Builder:
         for index, item in enumerate(node.value):
             loc = yn.location(item, file)
             what = f"{kind}[{index}] in {file}"
-            out.append((loc, {"file": file, **self.fields(item, file, what, allowed)}))
+            fields = self.fields(item, file, what, allowed)
+            self.optional_string(fields, "description", file)
+            out.append((loc, {"file": file, **fields}))
 
     def read_grants(self, node: yn.Node, file: str, _: Location) -> None:
         self.read_rules(
@@ -493,6 +508,9 @@ class _Builder:
                 self.error(item_loc, str(exc))
                 continue
             out.append(text)
+        node = fields["repositories"][1]
+        if isinstance(node, yn.SequenceNode) and not node.value:
+            self.warning(loc, f"{what} has an empty repositories: list and applies nowhere")
         return tuple(out)
 
     def build_team(self, name: str, loc: Location, f: dict[str, Any]) -> Team:
@@ -554,14 +572,16 @@ class _Builder:
 
     def build_grant(self, index: int, loc: Location, f: dict[str, Any]) -> Grant | None:
         file, what = f["file"], "grant"
+        to = []
         if "to" not in f:
             self.error(loc, f"{what} needs to: (who is granted)")
-            return None
-        to = []
-        for item_loc, text in self.strings(f["to"][1], file, "to"):
-            principal = self.principal(item_loc, text, "grantee")
-            if principal is not None:
-                to.append(principal)
+        else:
+            for item_loc, text in self.strings(f["to"][1], file, "to"):
+                principal = self.principal(item_loc, text, "grantee")
+                if principal is not None:
+                    to.append(principal)
+            if isinstance(f["to"][1], yn.SequenceNode) and not f["to"][1].value:
+                self.warning(loc, f"{what} has an empty to: list and grants nothing")
         patterns = self.patterns(f, what, loc)
         role = None
         if ("actions" in f) == ("role" in f):
@@ -574,6 +594,8 @@ class _Builder:
             actions = set(role.actions)
         else:
             actions = self.actions(f["actions"][1], file, what)
+        if "actions" in f and not actions:
+            self.warning(loc, f"{what} has no actions and grants nothing")
         if ANONYMOUS in to and actions - {PULL}:
             self.error(loc, f"{what}: anonymous may only be granted pull")
         if PUSH in actions and PULL not in actions:
@@ -596,6 +618,10 @@ class _Builder:
                 principal = self.principal(item_loc, text, "only")
                 if principal is not None:
                     only.append(principal)
+        if ANONYMOUS in only:
+            self.warning(
+                loc, f"{what} lists anonymous in only:, which reaches everyone: it restricts nobody"
+            )
         return Restriction(patterns, frozenset(actions), tuple(only), loc)
 
     def build(self, revision: str, files: tuple[str, ...]) -> Policy | None:

@@ -118,6 +118,8 @@ class User:
     admin: bool
     location: Location
     tokens: tuple[AccessToken, ...] = ()
+    full_name: str = ""
+    email: str = ""
 
 
 @dataclass(frozen=True, slots=True)

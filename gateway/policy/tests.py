@@ -72,7 +72,7 @@ def read_cases(texts: dict[str, str]) -> tuple[list[Case], list[Problem]]:
                 granted = frozenset(str(yn.scalar(n)) for n in granted_node.value)
             else:
                 value = yn.scalar(granted_node) if isinstance(granted_node, yn.ScalarNode) else 0
-                if value not in (None, "none"):
+                if value is not None:
                     error(
                         yn.location(granted_node, file),
                         "granted must be a list of actions, [] for none",
@@ -99,6 +99,11 @@ def run_cases(engine: Engine, cases: list[Case]) -> list[Problem]:
     """Decide every case; each mismatch is a problem at the case's location."""
     failures = []
     for case in cases:
+        if case.subject.kind != "anonymous" and not engine.known(case.subject):
+            failures.append(
+                Problem(case.location, "error", f"test case: {case.subject} is not in the policy")
+            )
+            continue
         decision = engine.decide(case.subject, case.type, case.name, case.actions)
         got = frozenset(decision.granted)
         if got != case.granted:

@@ -96,6 +96,8 @@ def kind(node: Node) -> str:
     value = scalar(node)
     if value is None:
         return "empty"
+    if value == "":
+        return "an empty string"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int):
