@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,6 +22,7 @@ from gateway.auth.identity import Authenticator
 from gateway.auth.keys import KeyStore
 from gateway.auth.tokens import TokenIssuer
 from gateway.config import Settings, load_settings
+from gateway.policy.gitsource import GitRemote, GitSyncError
 from gateway.policy.source import PolicySource
 
 log = logging.getLogger("registry_gateway")
@@ -35,7 +38,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = KeyStore(settings.data_dir, common_name=settings.issuer)
-        self.source = PolicySource(settings.policies)
+        self.remote, self.source = policy_source(settings)
         self.issuer = TokenIssuer(
             self.keys,
             issuer=settings.issuer,
@@ -52,36 +55,97 @@ class Gateway:
 
     def start(self) -> None:
         self.keys.ensure(self.settings.key_algorithm)
-        if not self.source.reload():
-            raise PolicyUnavailable(
-                f"no valid policy in {self.settings.policies}: {self.source.status().last_error}"
+        load_first_policy(self.remote, self.source)
+
+    # -- keeping the policy current ----------------------------------------------------
+
+    async def sync(self) -> bool:
+        """Fetch the remote (if any) and reload when anything changed; True if a reload ran."""
+        if self.remote is None:
+            return await asyncio.to_thread(self.source.reload)
+        try:
+            result = await asyncio.to_thread(self.remote.sync)
+        except GitSyncError:
+            return False  # logged by the remote; the last good revision stays in force
+        if result.changed or self.source.engine is None or self.source.status().last_error:
+            return await asyncio.to_thread(self.source.reload)
+        return False
+
+    async def watch_policy(self) -> None:
+        """Reload when the policy directory changes, once a burst of writes has settled."""
+        import watchfiles
+
+        directory = self.source.directory
+        debounce = max(1, int(self.settings.reload_debounce * 1000))
+
+        def relevant(change: watchfiles.Change, path: str) -> bool:
+            return ".git" not in Path(path).parts and not path.endswith(("~", ".swp", ".tmp"))
+
+        async for _ in watchfiles.awatch(
+            directory, debounce=debounce, step=50, watch_filter=relevant, recursive=True
+        ):
+            await asyncio.to_thread(self.source.reload)
+
+    async def poll_remote(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            await self.sync()
+
+    async def reload_hook(self, request: Request) -> Response:
+        """POST /-/reload: a CI webhook asks for an immediate fetch and reload."""
+        secret = self.settings.reload_secret
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {secret.reveal()}" if secret else ""
+        if not secret or not hmac.compare_digest(given.encode(), expected.encode()):
+            return registry_error(
+                401,
+                "UNAUTHORIZED",
+                "POST /-/reload needs Authorization: Bearer <reload_secret>"
+                if secret
+                else "reloading by request is off: set reload_secret to enable it",
             )
+        reloaded = await self.sync()
+        status = self.source.status()
+        return JSONResponse(
+            {
+                "reloaded": reloaded,
+                "revision": status.revision,
+                "error": status.last_error,
+                "source_error": self.remote.last_error if self.remote else None,
+            }
+        )
 
     # -- system routes -----------------------------------------------------------------
 
-    async def healthz(self, request: Request) -> Response:
-        """Liveness, with the policy's state: 200 while a valid policy is loaded."""
+    def health(self) -> dict[str, object]:
         status = self.source.status()
-        body = {
-            "status": status.state,
+        source_error = self.remote.last_error if self.remote else None
+        state = status.state
+        if state == "ok" and source_error:
+            state = "degraded"
+        return {
+            "status": "draining" if self.draining else state,
             "revision": status.revision,
             "loaded_at": self.source.loaded_at_iso(),
             "error": status.last_error,
+            "source": self.remote.describe()
+            if self.remote
+            else {"kind": "directory", "path": str(self.source.directory)},
+            "reloads": status.reloads,
+            "failed_reloads": status.failures,
             "version": __version__,
         }
-        return JSONResponse(body, status_code=200 if status.revision else 503)
+
+    async def healthz(self, request: Request) -> Response:
+        """Liveness: 200 while a valid policy is in force, even when a newer one was rejected."""
+        body = self.health()
+        return JSONResponse(body, status_code=200 if body["revision"] else 503)
 
     async def readyz(self, request: Request) -> Response:
-        """Readiness: 503 while draining, without a policy, or with a rejected newer policy."""
-        status = self.source.status()
-        ready = bool(status.revision) and not self.draining and not status.last_error
-        body = {
-            "ready": ready,
-            "status": "draining" if self.draining else status.state,
-            "revision": status.revision,
-            "error": status.last_error,
-        }
-        return JSONResponse(body, status_code=200 if ready else 503)
+        """Readiness: 503 while draining or without a policy; degraded still serves the last good."""
+        body = self.health()
+        ready = bool(body["revision"]) and not self.draining
+        return JSONResponse({"ready": ready, **body}, status_code=200 if ready else 503)
 
     async def watch_keys(self, interval: float = 2.0) -> None:
         """Pick up keys rotated by another process (`keys rotate`, another replica)."""
@@ -115,6 +179,35 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return registry_error(500, "INTERNAL", "internal error; the server log has the details")
 
 
+def policy_source(settings: Settings) -> tuple[GitRemote | None, PolicySource]:
+    """The policy's source: a directory, or a directory inside a clone of a git remote."""
+    if not settings.policy_git:
+        return None, PolicySource(settings.policies)
+    remote = GitRemote(
+        settings.policy_git,
+        settings.policy_branch,
+        settings.data_dir / "policy-git",
+        token=settings.policy_git_token.reveal() if settings.policy_git_token else None,
+        ssh_key=settings.policy_git_ssh_key,
+    )
+    return remote, PolicySource(remote.directory / settings.policy_path)
+
+
+def load_first_policy(remote: GitRemote | None, source: PolicySource) -> None:
+    """Fetch and load the first policy; PolicyUnavailable when there is none to serve."""
+    if remote is not None:
+        try:
+            remote.sync()
+        except GitSyncError as exc:
+            if not (remote.directory / ".git").is_dir():
+                raise PolicyUnavailable(str(exc)) from None
+            # A remote that is down at start: serve the last checkout we have, if it is valid.
+    if not source.reload():
+        raise PolicyUnavailable(
+            f"no valid policy in {source.directory}: {source.status().last_error}"
+        )
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI application for the given settings (default: from the environment)."""
     settings = settings or load_settings()
@@ -130,6 +223,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             extra={"event": "started", "listen": settings.listen},
         )
         tasks = [asyncio.create_task(gateway.watch_keys())]
+        if gateway.remote is not None:
+            tasks.append(asyncio.create_task(gateway.poll_remote()))
+        elif settings.watch:
+            tasks.append(asyncio.create_task(gateway.watch_policy()))
         try:
             yield
         finally:
@@ -144,6 +241,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", gateway.healthz, name="healthz"),
         Route("/readyz", gateway.readyz, name="readyz"),
         Route("/.well-known/jwks.json", gateway.jwks, name="jwks"),
+        Route("/-/reload", gateway.reload_hook, methods=["POST"], name="reload"),
     ]
     app = Starlette(
         routes=routes,

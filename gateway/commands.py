@@ -20,9 +20,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.app import PolicyUnavailable, load_first_policy, policy_source
     from gateway.auth.keys import KeyStore, KeyStoreError
     from gateway.logs import configure
-    from gateway.policy.source import PolicySource
 
     try:
         settings = settings_from(args)
@@ -37,11 +37,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"registry-gateway serve: signing keys in {settings.data_dir}: {exc}", file=sys.stderr
         )
         return 1
-    probe = PolicySource(settings.policies)
-    if not probe.reload():
+    try:
+        load_first_policy(*policy_source(settings))
+    except PolicyUnavailable as exc:
         print(
-            f"registry-gateway serve: no valid policy in {settings.policies}; not serving tokens "
-            f"from nothing:\n{probe.status().last_error}",
+            f"registry-gateway serve: not serving tokens without a valid policy: {exc}",
             file=sys.stderr,
         )
         return 1

@@ -177,6 +177,31 @@ FIELDS: tuple[Field, ...] = (
         "registry address shown in pull commands (default: from registry_url)",
     ),
     Field("max_scopes", 100, _int(1, 10000), "most scopes one token request may ask for"),
+    Field("watch", True, _bool, "reload the policy when its files change"),
+    Field("reload_debounce", 0.2, _duration, "wait this long for a burst of file changes to end"),
+    Field(
+        "policy_git",
+        None,
+        _optional(str),
+        "git URL to clone the policy from (instead of --policies)",
+    ),
+    Field("policy_branch", "main", str, "branch of --policy-git to follow"),
+    Field("policy_path", "policies", str, "policy directory inside the --policy-git repository"),
+    Field("poll_interval", 30.0, _duration, "how often to fetch --policy-git, e.g. 30s or 5m"),
+    Field(
+        "policy_git_ssh_key",
+        None,
+        _optional(_path),
+        "SSH private key file for --policy-git (never on the command line; file or env)",
+        flag=False,
+    ),
+    Field(
+        "policy_git_token",
+        None,
+        _optional(_secret),
+        "HTTPS token for --policy-git, sent as a header, never in a URL (env or file only)",
+        flag=False,
+    ),
     Field(
         "reload_secret",
         None,
@@ -220,6 +245,14 @@ class Settings:
     registry_url: str | None
     registry_public: str | None
     max_scopes: int
+    watch: bool
+    reload_debounce: float
+    policy_git: str | None
+    policy_branch: str
+    policy_path: str
+    poll_interval: float
+    policy_git_ssh_key: Path | None
+    policy_git_token: Secret | None
     reload_secret: Secret | None
     notification_secret: Secret | None
     session_secret: Secret | None

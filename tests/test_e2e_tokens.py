@@ -13,7 +13,7 @@ import pytest
 from support.binaries import require
 from support.clients import DockerCLI, Podman, Skopeo, ok
 from support.fixtures import OciImage
-from support.gateway import PASSWORDS, Stack, creds, jwt_parts, start_stack
+from support.gateway import PASSWORDS, Stack, creds, jwt_parts, refused, start_stack
 
 pytestmark = pytest.mark.realworld
 
@@ -35,13 +35,6 @@ def push(skopeo: Skopeo, image: OciImage, stack: Stack, repository: str, who: st
 def pull(skopeo: Skopeo, stack: Stack, repository: str, who: str | None, tmp_path: Path):
     dest = f"oci:{tmp_path / 'pulled'}:v1"
     return skopeo.copy(stack.ref(f"{repository}:v1"), dest, src_creds=creds(who) if who else None)
-
-
-def refused(proc) -> bool:
-    text = (proc.stdout + proc.stderr).lower()
-    return proc.returncode != 0 and (
-        "unauthorized" in text or "denied" in text or "authentication required" in text
-    )
 
 
 def test_team_contributor_pushes_and_a_viewer_only_pulls(

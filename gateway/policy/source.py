@@ -100,7 +100,9 @@ class PolicySource:
         """The policy's files, its tests and its revision, as on disk now."""
         texts = policy_files(self.directory)
         tests = case_files(self.directory)
-        revision = git_revision(self.directory) or content_revision({**texts, **tests})
+        revision = git_revision(self.directory) or content_revision(
+            {**texts, **tests}, base=self.directory
+        )
         return texts, tests, revision
 
     def reload(self) -> bool:

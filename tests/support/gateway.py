@@ -88,7 +88,9 @@ class Gateway:
     def start(self) -> None:
         env = {**os.environ, **self.env}
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env, cwd=REPO)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=log, env=env, cwd=REPO
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -210,3 +212,10 @@ def start_stack(root: Path, **gateway_options: Any) -> Stack:
         gateway.stop()
         raise
     return Stack(gateway, registry, bundle)
+
+
+def refused(proc: subprocess.CompletedProcess[str]) -> bool:
+    """Whether a client failed because the registry refused it (not for another reason)."""
+    text = (proc.stdout + proc.stderr).lower()
+    words = ("unauthorized", "denied", "authentication required")
+    return proc.returncode != 0 and any(word in text for word in words)
