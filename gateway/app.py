@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hmac
 import logging
 from collections.abc import AsyncIterator
@@ -21,6 +22,8 @@ from gateway.auth.endpoint import TokenService, registry_error
 from gateway.auth.identity import Authenticator
 from gateway.auth.keys import KeyStore
 from gateway.auth.tokens import TokenIssuer
+from gateway.catalog.index import CatalogIndex
+from gateway.catalog.registry import RegistryClient
 from gateway.config import Settings, load_settings
 from gateway.policy.gitsource import GitRemote, GitSyncError
 from gateway.policy.source import PolicySource
@@ -51,7 +54,11 @@ class Gateway:
         self.tokens = TokenService(
             settings, self.source, self.issuer, self.authenticator, self.audit
         )
+        self.catalog: CatalogIndex | None = None
+        if settings.registry_url:
+            self.catalog = CatalogIndex(RegistryClient(settings.registry_url, self.issuer))
         self.draining = False
+        self._background: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self.keys.ensure(self.settings.key_algorithm)
@@ -90,6 +97,44 @@ class Gateway:
         while True:
             await asyncio.sleep(self.settings.poll_interval)
             await self.sync()
+
+    async def refresh_catalog(self) -> None:
+        """Build the catalog index, then re-read the registry on an interval."""
+        assert self.catalog is not None
+        while True:
+            await self.catalog.refresh()
+            await asyncio.sleep(self.settings.catalog_refresh)
+
+    async def notifications(self, request: Request) -> Response:
+        """POST /-/notifications: the registry's events; changed repositories are re-read now."""
+        secret = self.settings.notification_secret
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {secret.reveal()}" if secret else ""
+        if not secret or not hmac.compare_digest(given.encode(), expected.encode()):
+            return registry_error(
+                401,
+                "UNAUTHORIZED",
+                "notifications need Authorization: Bearer <notification_secret>",
+            )
+        try:
+            envelope = await request.json()
+            events = [e for e in envelope.get("events") or [] if isinstance(e, dict)]
+        except (ValueError, AttributeError):
+            return registry_error(
+                400, "INVALID_REQUEST", "expected a registry notification envelope"
+            )
+        if self.catalog is not None:
+            for name in self.catalog.apply_events(events):
+                stamps = [
+                    str(e.get("timestamp", ""))
+                    for e in events
+                    if (e.get("target") or {}).get("repository") == name
+                ]
+                pushed = _utc_seconds(max(stamps, default=None))
+                task = asyncio.create_task(self.catalog.update_repository(name, pushed_at=pushed))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        return JSONResponse({"accepted": len(events)})
 
     async def reload_hook(self, request: Request) -> Response:
         """POST /-/reload: a CI webhook asks for an immediate fetch and reload."""
@@ -179,6 +224,17 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return registry_error(500, "INTERNAL", "internal error; the server log has the details")
 
 
+def _utc_seconds(stamp: str | None) -> str | None:
+    """A notification's RFC 3339 timestamp as seconds in UTC (the index's format)."""
+    if not stamp:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def policy_source(settings: Settings) -> tuple[GitRemote | None, PolicySource]:
     """The policy's source: a directory, or a directory inside a clone of a git remote."""
     if not settings.policy_git:
@@ -227,12 +283,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             tasks.append(asyncio.create_task(gateway.poll_remote()))
         elif settings.watch:
             tasks.append(asyncio.create_task(gateway.watch_policy()))
+        if gateway.catalog is not None:
+            tasks.append(asyncio.create_task(gateway.refresh_catalog()))
         try:
             yield
         finally:
             gateway.draining = True
             for task in tasks:
                 task.cancel()
+            if gateway.catalog is not None:
+                await gateway.catalog.client.close()
             gateway.audit.close()
 
     routes = [
@@ -242,6 +302,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", gateway.readyz, name="readyz"),
         Route("/.well-known/jwks.json", gateway.jwks, name="jwks"),
         Route("/-/reload", gateway.reload_hook, methods=["POST"], name="reload"),
+        Route("/-/notifications", gateway.notifications, methods=["POST"], name="notifications"),
     ]
     app = Starlette(
         routes=routes,

@@ -177,6 +177,12 @@ FIELDS: tuple[Field, ...] = (
         "registry address shown in pull commands (default: from registry_url)",
     ),
     Field("max_scopes", 100, _int(1, 10000), "most scopes one token request may ask for"),
+    Field(
+        "catalog_refresh",
+        300.0,
+        _duration,
+        "how often the catalog index re-reads the whole registry",
+    ),
     Field("watch", True, _bool, "reload the policy when its files change"),
     Field("reload_debounce", 0.2, _duration, "wait this long for a burst of file changes to end"),
     Field(
@@ -245,6 +251,7 @@ class Settings:
     registry_url: str | None
     registry_public: str | None
     max_scopes: int
+    catalog_refresh: float
     watch: bool
     reload_debounce: float
     policy_git: str | None

@@ -196,8 +196,18 @@ class Stack:
         self.gateway.stop()
 
 
-def start_stack(root: Path, **gateway_options: Any) -> Stack:
-    """A gateway and a real registry that trusts it."""
+NOTIFICATION_SECRET = "notification-secret-for-tests"
+
+
+def start_stack(root: Path, *, catalog: bool = False, **gateway_options: Any) -> Stack:
+    """A gateway and a real registry that trusts it; with `catalog`, each knows the other."""
+    registry_port = free_port()
+    notifications = None
+    if catalog:
+        args = gateway_options.setdefault("args", [])
+        args += ["--registry-url", f"http://127.0.0.1:{registry_port}"]
+        env = gateway_options.setdefault("env", {})
+        env["REGISTRY_GATEWAY_NOTIFICATION_SECRET"] = NOTIFICATION_SECRET
     gateway = start_gateway(root / "gateway", **gateway_options)
     bundle = gateway.write_bundle(root / "bundle.pem")
     auth = TokenAuth(
@@ -206,8 +216,21 @@ def start_stack(root: Path, **gateway_options: Any) -> Stack:
         issuer=gateway.issuer,
         rootcertbundle=bundle,
     )
+    if catalog:
+        notifications = [
+            {
+                "name": "gateway",
+                "url": f"{gateway.url}/-/notifications",
+                "headers": {"Authorization": [f"Bearer {NOTIFICATION_SECRET}"]},
+                "timeout": "2s",
+                "threshold": 3,
+                "backoff": "1s",
+            }
+        ]
     try:
-        registry = start_registry(root / "registry", token=auth)
+        registry = start_registry(
+            root / "registry", token=auth, notifications=notifications, port=registry_port
+        )
     except Exception:
         gateway.stop()
         raise

@@ -1,0 +1,308 @@
+"""The catalog index: what the registry holds, in memory, refreshed and updated by notifications.
+
+Manifests are stored once per digest and shared by every tag and repository that points at
+them (images built from one base share most of their data), so the index stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.catalog.registry import INDEX_TYPES, RegistryClient, RegistryError
+
+log = logging.getLogger("registry_gateway.catalog")
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    digest: str
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """One image of a manifest (the only one, or one entry of an index)."""
+
+    os: str
+    architecture: str
+    variant: str
+    digest: str
+    size: int  # compressed: config plus layers
+    created: str | None
+    layers: tuple[Layer, ...]
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]
+    env_names: tuple[str, ...]  # names only: values may be secrets
+
+    @property
+    def name(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    digest: str
+    media_type: str
+    platforms: tuple[Platform, ...]
+    size: int  # all distinct blobs it refers to
+    created: str | None  # the newest of its images
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+    @property
+    def kind(self) -> str:
+        oci = "oci" in self.media_type
+        if self.is_index:
+            return "OCI index" if oci else "Docker manifest list"
+        return "OCI image" if oci else "Docker v2 image"
+
+
+@dataclass(slots=True)
+class Repository:
+    name: str
+    tags: dict[str, Manifest] = field(default_factory=dict)
+    last_push: str | None = None  # from notifications when known
+
+    @property
+    def namespace(self) -> str:
+        head, sep, _ = self.name.partition("/")
+        return head if sep else ""
+
+    @property
+    def size(self) -> int:
+        seen: dict[str, int] = {}
+        for manifest in self.tags.values():
+            for platform in manifest.platforms:
+                for layer in platform.layers:
+                    seen[layer.digest] = layer.size
+        return sum(seen.values())
+
+    @property
+    def updated(self) -> str | None:
+        stamps = [m.created for m in self.tags.values() if m.created]
+        if self.last_push:
+            stamps.append(self.last_push)
+        return max(stamps) if stamps else None
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStatus:
+    built: bool
+    last_refresh: float | None
+    refresh_seconds: float | None
+    last_error: str | None
+    repositories: int
+    tags: int
+
+
+class CatalogIndex:
+    """Repositories and tags known from the registry; readers never see a half-built index."""
+
+    def __init__(self, client: RegistryClient, *, concurrency: int = 16) -> None:
+        self.client = client
+        self.repositories: dict[str, Repository] = {}
+        self._manifests: dict[str, Manifest] = {}  # by digest, shared
+        self._configs: dict[str, dict[str, Any]] = {}  # image configs by digest
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self.generation = 0  # bumped on every change, for caches keyed on the index
+        self.last_refresh: float | None = None
+        self.refresh_seconds: float | None = None
+        self.last_error: str | None = None
+        self.built = False
+
+    def status(self) -> IndexStatus:
+        tags = sum(len(r.tags) for r in self.repositories.values())
+        return IndexStatus(
+            self.built,
+            self.last_refresh,
+            self.refresh_seconds,
+            self.last_error,
+            len(self.repositories),
+            tags,
+        )
+
+    # -- building ----------------------------------------------------------------------
+
+    async def refresh(self) -> bool:
+        """Rebuild the whole index from the registry; keep the old one if the registry fails."""
+        started = time.perf_counter()
+        try:
+            names = await self.client.repositories()
+            fresh = await asyncio.gather(*(self._load_repository(n) for n in names))
+        except RegistryError as exc:
+            self.last_error = str(exc)
+            log.warning(
+                "catalog refresh failed: %s", exc, extra={"event": "catalog_refresh_failed"}
+            )
+            return False
+        pushed = {name: repo.last_push for name, repo in self.repositories.items()}
+        repositories = {}
+        for repo in fresh:
+            if repo.tags:
+                repo.last_push = pushed.get(repo.name)
+                repositories[repo.name] = repo
+        used = {m.digest for r in repositories.values() for m in r.tags.values()}
+        self._manifests = {d: m for d, m in self._manifests.items() if d in used}
+        self.repositories = repositories
+        self.generation += 1
+        self.built = True
+        self.last_error = None
+        self.last_refresh = time.time()
+        self.refresh_seconds = time.perf_counter() - started
+        log.info(
+            "catalog: %d repositories, %d tags in %.1f s",
+            len(repositories),
+            sum(len(r.tags) for r in repositories.values()),
+            self.refresh_seconds,
+            extra={"event": "catalog_refreshed"},
+        )
+        return True
+
+    async def update_repository(self, name: str, *, pushed_at: str | None = None) -> None:
+        """Re-read one repository now (a notification said it changed)."""
+        try:
+            repo = await self._load_repository(name)
+        except RegistryError as exc:
+            log.warning("catalog update of %s failed: %s", name, exc)
+            return
+        previous = self.repositories.get(name)
+        repo.last_push = pushed_at or (previous.last_push if previous else None)
+        repositories = dict(self.repositories)
+        if repo.tags:
+            repositories[name] = repo
+        else:
+            repositories.pop(name, None)
+        self.repositories = repositories
+        self.generation += 1
+
+    async def _load_repository(self, name: str) -> Repository:
+        async with self._semaphore:
+            tags = await self.client.tags(name)
+        manifests = await asyncio.gather(*(self._load_tag(name, tag) for tag in tags))
+        repo = Repository(name)
+        for tag, manifest in zip(tags, manifests, strict=True):
+            if manifest is not None:
+                repo.tags[tag] = manifest
+        return repo
+
+    async def _load_tag(self, repository: str, tag: str) -> Manifest | None:
+        async with self._semaphore:
+            found = await self.client.manifest(repository, tag)
+        if found is None:
+            return None
+        digest, media_type, body = found
+        cached = self._manifests.get(digest)
+        if cached is not None:
+            return cached
+        if media_type in INDEX_TYPES:
+            platforms = []
+            for entry in body.get("manifests") or []:
+                child = await self._load_child(repository, entry)
+                if child is not None:
+                    platforms.append(child)
+        else:
+            platforms = [await self._platform(repository, digest, body, {})]
+        sizes: dict[str, int] = {}
+        for platform in platforms:
+            for layer in platform.layers:
+                sizes[layer.digest] = layer.size
+        created = max((p.created for p in platforms if p.created), default=None)
+        manifest = Manifest(
+            sys.intern(digest),
+            sys.intern(media_type),
+            tuple(platforms),
+            sum(sizes.values()),
+            created,
+        )
+        self._manifests[digest] = manifest
+        return manifest
+
+    async def _load_child(self, repository: str, entry: dict[str, Any]) -> Platform | None:
+        digest = entry.get("digest", "")
+        async with self._semaphore:
+            found = await self.client.manifest(repository, digest)
+        if found is None:
+            return None
+        return await self._platform(repository, digest, found[2], entry.get("platform") or {})
+
+    async def _platform(
+        self, repository: str, digest: str, body: dict[str, Any], platform: dict[str, Any]
+    ) -> Platform:
+        config_ref = body.get("config") or {}
+        config = await self._config(repository, config_ref.get("digest", ""))
+        layers = tuple(
+            Layer(
+                sys.intern(layer.get("digest", "")),
+                int(layer.get("size", 0)),
+                sys.intern(layer.get("mediaType", "")),
+            )
+            for layer in body.get("layers") or []
+        )
+        inner = config.get("config") or {}
+        env = tuple(sorted({item.partition("=")[0] for item in inner.get("Env") or []}))
+        labels = tuple(sorted((str(k), str(v)) for k, v in (inner.get("Labels") or {}).items()))
+        return Platform(
+            os=platform.get("os") or config.get("os", ""),
+            architecture=platform.get("architecture") or config.get("architecture", ""),
+            variant=platform.get("variant") or config.get("variant", ""),
+            digest=sys.intern(digest),
+            size=int(config_ref.get("size", 0)) + sum(layer.size for layer in layers),
+            created=_timestamp(config.get("created")),
+            layers=layers,
+            entrypoint=tuple(inner.get("Entrypoint") or ()),
+            cmd=tuple(inner.get("Cmd") or ()),
+            labels=labels,
+            env_names=env,
+        )
+
+    async def _config(self, repository: str, digest: str) -> dict[str, Any]:
+        if not digest:
+            return {}
+        if digest not in self._configs:
+            async with self._semaphore:
+                self._configs[digest] = await self.client.blob_json(repository, digest) or {}
+        return self._configs[digest]
+
+    # -- notifications -----------------------------------------------------------------
+
+    def apply_events(self, events: Iterable[dict[str, Any]]) -> set[str]:
+        """Repositories that registry events say changed (pushes of manifests, deletes)."""
+        changed = set()
+        for event in events:
+            action = event.get("action")
+            target = event.get("target") or {}
+            name = target.get("repository")
+            if not name or action not in ("push", "delete"):
+                continue
+            if (
+                action == "push"
+                and "manifest" not in str(target.get("mediaType", ""))
+                and not target.get("tag")
+            ):
+                continue  # a blob upload: the manifest push that follows is what matters
+            changed.add(name)
+        return changed
+
+
+def _timestamp(value: Any) -> str | None:
+    """An image config's `created`, normalised to seconds in UTC."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
