@@ -7,16 +7,18 @@ import contextlib
 import datetime as dt
 import hmac
 import logging
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import __version__
+from gateway import __version__, metrics
 from gateway.audit import AuditLog
 from gateway.auth.endpoint import TokenService, registry_error
 from gateway.auth.identity import Authenticator
@@ -25,10 +27,15 @@ from gateway.auth.tokens import TokenIssuer
 from gateway.catalog.index import CatalogIndex
 from gateway.catalog.registry import RegistryClient
 from gateway.config import Settings, load_settings
+from gateway.middleware import RequestLog
 from gateway.policy.gitsource import GitRemote, GitSyncError
 from gateway.policy.source import PolicySource
 
 log = logging.getLogger("registry_gateway")
+
+# Set on SIGTERM (see commands.serve): /readyz answers 503 so load balancers stop sending
+# new requests while the server finishes what it has.
+DRAINING = threading.Event()
 
 
 class PolicyUnavailable(RuntimeError):
@@ -42,6 +49,7 @@ class Gateway:
         self.settings = settings
         self.keys = KeyStore(settings.data_dir, common_name=settings.issuer)
         self.remote, self.source = policy_source(settings)
+        self.source.listeners.append(metrics.policy_loaded)
         self.issuer = TokenIssuer(
             self.keys,
             issuer=settings.issuer,
@@ -57,7 +65,7 @@ class Gateway:
         self.catalog: CatalogIndex | None = None
         if settings.registry_url:
             self.catalog = CatalogIndex(RegistryClient(settings.registry_url, self.issuer))
-        self.draining = False
+        self._draining = False
         self._background: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
@@ -102,8 +110,21 @@ class Gateway:
         """Build the catalog index, then re-read the registry on an interval."""
         assert self.catalog is not None
         while True:
-            await self.catalog.refresh()
+            if await self.catalog.refresh():
+                metrics.CATALOG_REFRESH.set(self.catalog.refresh_seconds or 0)
+            self.count_catalog()
             await asyncio.sleep(self.settings.catalog_refresh)
+
+    async def _update(self, name: str, pushed: str | None) -> None:
+        assert self.catalog is not None
+        await self.catalog.update_repository(name, pushed_at=pushed)
+        self.count_catalog()
+
+    def count_catalog(self) -> None:
+        if self.catalog is not None:
+            status = self.catalog.status()
+            metrics.CATALOG_SIZE.labels("repositories").set(status.repositories)
+            metrics.CATALOG_SIZE.labels("tags").set(status.tags)
 
     async def notifications(self, request: Request) -> Response:
         """POST /-/notifications: the registry's events; changed repositories are re-read now."""
@@ -131,7 +152,7 @@ class Gateway:
                     if (e.get("target") or {}).get("repository") == name
                 ]
                 pushed = _utc_seconds(max(stamps, default=None))
-                task = asyncio.create_task(self.catalog.update_repository(name, pushed_at=pushed))
+                task = asyncio.create_task(self._update(name, pushed))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         return JSONResponse({"accepted": len(events)})
@@ -161,6 +182,14 @@ class Gateway:
         )
 
     # -- system routes -----------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining or DRAINING.is_set()
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
 
     def health(self) -> dict[str, object]:
         status = self.source.status()
@@ -302,10 +331,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", gateway.readyz, name="readyz"),
         Route("/.well-known/jwks.json", gateway.jwks, name="jwks"),
         Route("/-/reload", gateway.reload_hook, methods=["POST"], name="reload"),
+        Route("/metrics", metrics.endpoint, name="metrics"),
         Route("/-/notifications", gateway.notifications, methods=["POST"], name="notifications"),
     ]
+    middleware = [Middleware(RequestLog)]
     app = Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

@@ -6,6 +6,7 @@ import argparse
 import getpass
 import io
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import PolicyUnavailable, load_first_policy, policy_source
     from gateway.auth.keys import KeyStore, KeyStoreError
     from gateway.logs import configure
+    from gateway.server import serve
 
     try:
         settings = settings_from(args)
@@ -52,7 +54,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ[env_name(field.name)] = str(value)
     if getattr(args, "config", None):
         os.environ[env_name("config")] = str(args.config)
-    uvicorn.run(
+    if settings.workers > 1:
+        # Workers add their samples up in files here; start empty so the dead don't count.
+        metrics_dir = settings.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    config = uvicorn.Config(
         "gateway.app:create_app",
         factory=True,
         host=settings.host,
@@ -65,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=20,
     )
+    serve(config, workers=settings.workers, drain=settings.drain_seconds)
     return 0
 
 

@@ -17,6 +17,11 @@ from urllib.parse import urlsplit
 import yaml
 
 ENV_PREFIX = "REGISTRY_GATEWAY_"
+DEFAULT_LDAP_GROUP_FILTER = (
+    "(|(&(objectClass=groupOfNames)(member={dn}))"
+    "(&(objectClass=groupOfUniqueNames)(uniqueMember={dn}))"
+    "(&(objectClass=posixGroup)(memberUid={username})))"
+)
 
 
 class ConfigError(ValueError):
@@ -91,6 +96,14 @@ def _url(text: str) -> str:
     return str(text).rstrip("/")
 
 
+def _ldap_url(text: str) -> str:
+    """an ldap:// or ldaps:// URL"""
+    parts = urlsplit(str(text))
+    if parts.scheme not in ("ldap", "ldaps") or not parts.hostname or parts.path not in ("", "/"):
+        raise ValueError("expected ldap://HOST[:PORT] or ldaps://HOST[:PORT]")
+    return str(text).rstrip("/")
+
+
 def _bool(text: str) -> bool:
     """true or false"""
     value = str(text).strip().lower()
@@ -158,6 +171,12 @@ FIELDS: tuple[Field, ...] = (
         "how clients reach the gateway (the realm's base)",
     ),
     Field("workers", 1, _int(1, 64), "server worker processes"),
+    Field(
+        "drain_seconds",
+        5.0,
+        _duration,
+        "on SIGTERM, answer /readyz 503 this long before shutting down (one worker only)",
+    ),
     Field(
         "key_algorithm",
         "ES256",
@@ -229,6 +248,69 @@ FIELDS: tuple[Field, ...] = (
         "key that signs UI session cookies (default: derived from the signing key)",
         flag=False,
     ),
+    # -- sign-in (docs/authentication.md) ------------------------------------------------
+    Field(
+        "htpasswd",
+        None,
+        _optional(_path),
+        "htpasswd file of bcrypt entries (htpasswd -B), watched and reloaded",
+    ),
+    Field(
+        "auth_cache_ttl",
+        300.0,
+        _duration,
+        "how long verified passwords and LDAP sign-ins are remembered (0: never)",
+    ),
+    Field("auth_cache_size", 10000, _int(0, 10_000_000), "most remembered sign-ins"),
+    Field(
+        "lockout_failures",
+        10,
+        _int(0, 100000),
+        "failed password sign-ins of one user name within lockout_window that lock it (0: never)",
+    ),
+    Field(
+        "lockout_address_failures",
+        50,
+        _int(0, 1_000_000),
+        "failed sign-ins from one client address within lockout_window that lock it (0: never)",
+    ),
+    Field("lockout_window", 300.0, _duration, "the sliding window failures are counted in"),
+    Field("lockout_duration", 300.0, _duration, "how long a locked user name or address waits"),
+    Field(
+        "lockout_backoff",
+        1.0,
+        _duration,
+        "first pause once failures pile up, doubled after each further failure (0: none)",
+    ),
+    Field("ldap_url", None, _optional(_ldap_url), "LDAP server, ldap://HOST[:PORT] or ldaps://"),
+    Field("ldap_start_tls", False, _bool, "upgrade an ldap:// connection with StartTLS"),
+    Field("ldap_ca_file", None, _optional(_path), "CA certificates for the LDAP server's TLS"),
+    Field("ldap_bind_dn", None, _optional(str), "service account DN for search-then-bind"),
+    Field(
+        "ldap_bind_password",
+        None,
+        _optional(_secret),
+        "password of ldap_bind_dn (env or file only)",
+        flag=False,
+    ),
+    Field("ldap_user_base", None, _optional(str), "where to search for users"),
+    Field("ldap_user_filter", "(uid={username})", str, "filter that finds a user's entry"),
+    Field(
+        "ldap_user_dn",
+        None,
+        _optional(str),
+        "DN template, e.g. uid={username},ou=people,dc=example,dc=org (no search)",
+    ),
+    Field("ldap_group_base", None, _optional(str), "where to search for groups (optional)"),
+    Field(
+        "ldap_group_filter",
+        DEFAULT_LDAP_GROUP_FILTER,
+        str,
+        "filter that finds a user's groups; {dn} and {username} are filled in",
+    ),
+    Field("ldap_group_attribute", "memberOf", str, "user attribute listing group DNs"),
+    Field("ldap_connect_timeout", 3.0, _duration, "LDAP connect timeout"),
+    Field("ldap_timeout", 5.0, _duration, "LDAP answer timeout"),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 
@@ -244,6 +326,7 @@ class Settings:
     refresh_ttl: int
     public_url: str
     workers: int
+    drain_seconds: float
     key_algorithm: str
     audit_log: str
     log_level: str
@@ -263,6 +346,27 @@ class Settings:
     reload_secret: Secret | None
     notification_secret: Secret | None
     session_secret: Secret | None
+    htpasswd: Path | None
+    auth_cache_ttl: float
+    auth_cache_size: int
+    lockout_failures: int
+    lockout_address_failures: int
+    lockout_window: float
+    lockout_duration: float
+    lockout_backoff: float
+    ldap_url: str | None
+    ldap_start_tls: bool
+    ldap_ca_file: Path | None
+    ldap_bind_dn: str | None
+    ldap_bind_password: Secret | None
+    ldap_user_base: str | None
+    ldap_user_filter: str
+    ldap_user_dn: str | None
+    ldap_group_base: str | None
+    ldap_group_filter: str
+    ldap_group_attribute: str
+    ldap_connect_timeout: float
+    ldap_timeout: float
 
     @property
     def realm(self) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway import metrics
 from gateway.audit import AuditLog
 from gateway.auth.identity import ANONYMOUS, AuthenticationFailed, Authenticator, Identity
 from gateway.auth.scope import Scope, ScopeError, format_scope, parse_scopes
@@ -176,10 +177,7 @@ class TokenService:
     # -- the steps ---------------------------------------------------------------------
 
     def _context(self, request: Request) -> dict[str, Any]:
-        rid = request.headers.get("x-request-id", "")
-        if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
-            rid = uuid.uuid4().hex
-        request.state.request_id = rid
+        rid = getattr(request.state, "request_id", None) or uuid.uuid4().hex
         return {
             "request_id": rid,
             "client": request.client.host if request.client else None,
@@ -268,6 +266,8 @@ class TokenService:
             cached = _Cached(token, now, access)
             self.cache.put(key, cached)
         ctx["granted"] = cached.access
+        for scope, entry in zip(scopes, cached.access, strict=True):
+            metrics.decision(len(scope.actions), len(entry["actions"]))
         remaining = max(1, cached.token.expires_in - int(now - cached.minted))
         body: dict[str, Any] = {
             "token": cached.token.token,
@@ -324,6 +324,10 @@ class TokenService:
         }
         record.setdefault("revision", self.source.engine.revision if self.source.engine else None)
         self.audit.write(record)
+        metrics.TOKEN_REQUESTS.labels(outcome, str(status)).inc()
+        metrics.TOKEN_LATENCY.observe(record["duration_ms"] / 1000)
+        if outcome == "denied":
+            metrics.SIGNIN_FAILURES.labels(ctx.get("auth") or "password").inc()
 
 
 def _text(value: Any) -> str:

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,8 @@ class PolicySource:
         self._last_attempt: float | None = None
         self._reloads = 0
         self._failures = 0
-        self.listeners: list = []
+        # Called after every attempt with (revision in force, whether this attempt succeeded).
+        self.listeners: list[Callable[[str | None, bool], None]] = []
 
     def status(self) -> Status:
         return Status(
@@ -122,11 +124,13 @@ class PolicySource:
                     kept,
                     extra={"event": "policy_rejected", "error": self._last_error, "kept": kept},
                 )
+                self._notify(False)
                 return False
             except OSError as exc:
                 self._failures += 1
                 self._last_error = f"{self.directory}: {exc}"
                 log.error("policy unreadable: %s", exc, extra={"event": "policy_rejected"})
+                self._notify(False)
                 return False
             for warning in warnings:
                 log.warning("%s", warning, extra={"event": "policy_warning"})
@@ -141,9 +145,13 @@ class PolicySource:
                 (time.perf_counter() - started) * 1000,
                 extra={"event": "policy_loaded", "revision": engine.revision, "previous": previous},
             )
-        for listener in self.listeners:
-            listener(engine)
+        self._notify(True)
         return True
+
+    def _notify(self, ok: bool) -> None:
+        revision = self.engine.revision if self.engine else None
+        for listener in self.listeners:
+            listener(revision, ok)
 
     def loaded_at_iso(self) -> str | None:
         if self._loaded_at is None:

@@ -1,0 +1,97 @@
+"""Prometheus metrics. With several workers, prometheus-client's multiprocess mode adds them up.
+
+`serve` sets PROMETHEUS_MULTIPROC_DIR (under the data dir) before any worker starts when
+it runs more than one worker; each worker then writes its samples there and `/metrics`
+collects them all, so a scrape sees the whole process group whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+
+TOKEN_REQUESTS = Counter(
+    "registry_gateway_token_requests_total",
+    "Token requests by outcome (issued, denied, rejected, locked) and HTTP status.",
+    ["outcome", "status"],
+)
+TOKEN_LATENCY = Histogram(
+    "registry_gateway_token_request_seconds",
+    "Time to answer a token request.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+DECISIONS = Counter(
+    "registry_gateway_decisions_total",
+    "Decisions per requested resource: granted (all asked), partial, denied (nothing).",
+    ["result"],
+)
+SIGNIN_FAILURES = Counter(
+    "registry_gateway_signin_failures_total", "Failed sign-ins by method.", ["method"]
+)
+LOCKOUTS = Counter("registry_gateway_lockouts_total", "Sign-ins refused by brute-force protection.")
+POLICY_RELOADS = Counter(
+    "registry_gateway_policy_reloads_total", "Policy loads by result (ok, failed).", ["result"]
+)
+POLICY_REVISION = Gauge(
+    "registry_gateway_policy_revision_info",
+    "The policy revision in force (value 1), by revision.",
+    ["revision"],
+    multiprocess_mode="livemax",
+)
+CATALOG_SIZE = Gauge(
+    "registry_gateway_catalog_entries",
+    "Entries in the catalog index, by kind (repositories, tags).",
+    ["kind"],
+    multiprocess_mode="livemax",
+)
+CATALOG_REFRESH = Gauge(
+    "registry_gateway_catalog_refresh_seconds",
+    "How long the last full catalog refresh took.",
+    multiprocess_mode="livemax",
+)
+
+_last_revision: str | None = None
+
+
+def policy_loaded(revision: str | None, ok: bool) -> None:
+    """Record a reload attempt and the revision in force."""
+    global _last_revision
+    POLICY_RELOADS.labels("ok" if ok else "failed").inc()
+    if ok and revision != _last_revision:
+        if _last_revision is not None:
+            POLICY_REVISION.remove(_last_revision)
+        POLICY_REVISION.labels(revision).set(1)
+        _last_revision = revision
+
+
+def decision(requested: int, granted: int) -> None:
+    if granted == requested and requested:
+        DECISIONS.labels("granted").inc()
+    elif granted:
+        DECISIONS.labels("partial").inc()
+    else:
+        DECISIONS.labels("denied").inc()
+
+
+async def endpoint(request: Request) -> Response:
+    """GET /metrics in the Prometheus text format."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        data = generate_latest(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        data = generate_latest(REGISTRY)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)
