@@ -124,6 +124,13 @@ def _choice(*options: str) -> Callable[[str], str]:
     return cast
 
 
+def _text(text: str) -> str:
+    """a non-empty string"""
+    if not str(text).strip():
+        raise ValueError("must not be empty")
+    return str(text)
+
+
 def _path(text: str) -> Path:
     """a file system path"""
     return Path(str(text)).expanduser()
@@ -160,8 +167,8 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("data_dir", Path(".data"), _path, "signing keys and other state live here"),
     Field("listen", "127.0.0.1:5001", _listen, "address to serve on, HOST:PORT"),
-    Field("service", "registry", str, "the registry's auth.token.service; tokens' audience"),
-    Field("issuer", "registry-gateway", str, "tokens' issuer; the registry's auth.token.issuer"),
+    Field("service", "registry", _text, "the registry's auth.token.service; tokens' audience"),
+    Field("issuer", "registry-gateway", _text, "tokens' issuer; the registry's auth.token.issuer"),
     Field("token_ttl", 300, _int(30, 86400), "lifetime of access tokens, seconds"),
     Field("refresh_ttl", 90 * 86400, _int(60, 3650 * 86400), "lifetime of refresh tokens, seconds"),
     Field(
@@ -183,7 +190,7 @@ FIELDS: tuple[Field, ...] = (
         _choice("ES256", "RS256"),
         "algorithm of newly generated signing keys",
     ),
-    Field("audit_log", "-", str, "where audit lines go: a file path, or - for standard output"),
+    Field("audit_log", "-", _text, "where audit lines go: a file path, or - for standard output"),
     Field("log_level", "info", _choice("debug", "info", "warning", "error"), "server log level"),
     Field("log_format", "json", _choice("json", "text"), "server log format"),
     Field(
@@ -210,8 +217,8 @@ FIELDS: tuple[Field, ...] = (
         _optional(str),
         "git URL to clone the policy from (instead of --policies)",
     ),
-    Field("policy_branch", "main", str, "branch of --policy-git to follow"),
-    Field("policy_path", "policies", str, "policy directory inside the --policy-git repository"),
+    Field("policy_branch", "main", _text, "branch of --policy-git to follow"),
+    Field("policy_path", "policies", _text, "policy directory inside the --policy-git repository"),
     Field("poll_interval", 30.0, _duration, "how often to fetch --policy-git, e.g. 30s or 5m"),
     Field(
         "policy_git_ssh_key",
@@ -447,7 +454,7 @@ def load_settings(
             )
         if flags.get(field.name) is not None:
             value = _cast(field, flags[field.name], f"flag {flag_name(field.name)}")
-        elif isinstance(value, str) and field.cast is not str and value is field.default:
+        elif isinstance(value, str) and field.cast not in (str, _text) and value is field.default:
             value = _cast(field, value, "the default")
         values[field.name] = value
     return Settings(**values)
