@@ -30,8 +30,10 @@ from gateway.config import Settings, load_settings
 from gateway.middleware import RequestLog
 from gateway.policy.gitsource import GitRemote, GitSyncError
 from gateway.policy.source import PolicySource
+from ui import ui_routes
 
 log = logging.getLogger("registry_gateway")
+CATALOG_RETRY = 5.0  # seconds before reading a registry that failed again
 
 # Set on SIGTERM (see commands.serve): /readyz answers 503 so load balancers stop sending
 # new requests while the server finishes what it has.
@@ -58,7 +60,7 @@ class Gateway:
             refresh_ttl=settings.refresh_ttl,
         )
         self.audit = AuditLog(settings.audit_log)
-        self.authenticator = Authenticator()
+        self.authenticator = Authenticator.from_settings(settings)
         self.tokens = TokenService(
             settings, self.source, self.issuer, self.authenticator, self.audit
         )
@@ -71,6 +73,8 @@ class Gateway:
     def start(self) -> None:
         self.keys.ensure(self.settings.key_algorithm)
         load_first_policy(self.remote, self.source)
+        if self.authenticator.htpasswd is not None:
+            self.authenticator.htpasswd.reload()
 
     # -- keeping the policy current ----------------------------------------------------
 
@@ -101,6 +105,30 @@ class Gateway:
         ):
             await asyncio.to_thread(self.source.reload)
 
+    async def watch_htpasswd(self) -> None:
+        """Reload the htpasswd file when it changes (editors and `htpasswd` replace it whole)."""
+        import watchfiles
+
+        htpasswd = self.authenticator.htpasswd
+        assert htpasswd is not None
+        path = htpasswd.path.absolute()
+        debounce = max(1, int(self.settings.reload_debounce * 1000))
+
+        def relevant(change: watchfiles.Change, changed: str) -> bool:
+            return Path(changed).name == path.name
+
+        try:
+            async for _ in watchfiles.awatch(
+                path.parent, debounce=debounce, step=50, watch_filter=relevant, recursive=False
+            ):
+                await asyncio.to_thread(htpasswd.reload)
+        except FileNotFoundError:
+            log.error(
+                "cannot watch %s: its directory does not exist; htpasswd changes need a restart",
+                path,
+                extra={"event": "htpasswd_unwatched"},
+            )
+
     async def poll_remote(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_interval)
@@ -110,10 +138,13 @@ class Gateway:
         """Build the catalog index, then re-read the registry on an interval."""
         assert self.catalog is not None
         while True:
-            if await self.catalog.refresh():
+            refreshed = await self.catalog.refresh()
+            if refreshed:
                 metrics.CATALOG_REFRESH.set(self.catalog.refresh_seconds or 0)
             self.count_catalog()
-            await asyncio.sleep(self.settings.catalog_refresh)
+            # A registry that is down (or not up yet) is tried again soon, not after a full period.
+            interval = self.settings.catalog_refresh
+            await asyncio.sleep(interval if refreshed else min(interval, CATALOG_RETRY))
 
     async def _update(self, name: str, pushed: str | None) -> None:
         assert self.catalog is not None
@@ -208,7 +239,23 @@ class Gateway:
             "reloads": status.reloads,
             "failed_reloads": status.failures,
             "version": __version__,
+            **self.sign_in_status(),
         }
+
+    def sign_in_status(self) -> dict[str, object]:
+        """The directory backends, when configured (informational: never unhealthy)."""
+        backends: dict[str, object] = {}
+        htpasswd, ldap = self.authenticator.htpasswd, self.authenticator.ldap
+        if htpasswd is not None:
+            backends["htpasswd"] = {
+                "path": str(htpasswd.path),
+                "users": len(htpasswd.entries.hashes),
+                "revision": htpasswd.entries.revision,
+                "error": htpasswd.last_error,
+            }
+        if ldap is not None:
+            backends["ldap"] = {"url": ldap.describe(), "down": ldap.down}
+        return {"sign_in": backends} if backends else {}
 
     async def healthz(self, request: Request) -> Response:
         """Liveness: 200 while a valid policy is in force, even when a newer one was rejected."""
@@ -312,6 +359,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             tasks.append(asyncio.create_task(gateway.poll_remote()))
         elif settings.watch:
             tasks.append(asyncio.create_task(gateway.watch_policy()))
+        if gateway.authenticator.htpasswd is not None and settings.watch:
+            tasks.append(asyncio.create_task(gateway.watch_htpasswd()))
         if gateway.catalog is not None:
             tasks.append(asyncio.create_task(gateway.refresh_catalog()))
         try:
@@ -334,6 +383,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/metrics", metrics.endpoint, name="metrics"),
         Route("/-/notifications", gateway.notifications, methods=["POST"], name="notifications"),
     ]
+    routes += ui_routes(gateway)
     middleware = [Middleware(RequestLog)]
     app = Starlette(
         routes=routes,

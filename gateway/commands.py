@@ -31,6 +31,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"registry-gateway serve: {exc}", file=sys.stderr)
         return 2
+    try:
+        from gateway.auth.ldap import LdapConfig
+
+        LdapConfig.from_settings(settings)
+    except ConfigError as exc:
+        print(f"registry-gateway serve: {exc}", file=sys.stderr)
+        return 2
     log_config = configure(settings.log_level, settings.log_format)
     try:
         KeyStore(settings.data_dir, common_name=settings.issuer).ensure(settings.key_algorithm)

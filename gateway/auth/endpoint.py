@@ -15,7 +15,13 @@ from starlette.responses import JSONResponse, Response
 
 from gateway import metrics
 from gateway.audit import AuditLog
-from gateway.auth.identity import ANONYMOUS, AuthenticationFailed, Authenticator, Identity
+from gateway.auth.identity import (
+    ANONYMOUS,
+    AuthenticationFailed,
+    Authenticator,
+    Identity,
+    TooManyAttempts,
+)
 from gateway.auth.scope import Scope, ScopeError, format_scope, parse_scopes
 from gateway.auth.tokens import IssuedToken, TokenError, TokenIssuer
 from gateway.config import Settings
@@ -119,6 +125,8 @@ class TokenService:
             return self._answer(200, body, ctx, started)
         except BadRequest as exc:
             return self._fail(exc, ctx, started)
+        except TooManyAttempts as exc:
+            return self._too_many(exc, ctx, started)
         except AuthenticationFailed as exc:
             return self._unauthorized(exc, ctx, started)
 
@@ -153,7 +161,9 @@ class TokenService:
                     raise BadRequest(
                         "INVALID_REQUEST", "grant_type=password needs username and password"
                     )
-                identity = await self.authenticator.password(engine, username, password)
+                identity = await self.authenticator.password(
+                    engine, username, password, client=ctx["client"]
+                )
             elif grant_type == "refresh_token":
                 identity = self._refresh(engine, _text(form.get("refresh_token")), ctx)
                 offline = False  # the client keeps its refresh token: it does not rotate
@@ -171,6 +181,8 @@ class TokenService:
             return self._answer(200, body, ctx, started)
         except BadRequest as exc:
             return self._fail(exc, ctx, started)
+        except TooManyAttempts as exc:
+            return self._too_many(exc, ctx, started)
         except AuthenticationFailed as exc:
             return self._unauthorized(exc, ctx, started)
 
@@ -226,7 +238,9 @@ class TokenService:
         ctx["username"] = username[:200]
         if not sep or not username:
             raise AuthenticationFailed("malformed basic credentials", username)
-        identity = await self.authenticator.password(engine, username, password)
+        identity = await self.authenticator.password(
+            engine, username, password, client=ctx["client"]
+        )
         ctx["auth"] = identity.method
         return identity
 
@@ -252,13 +266,24 @@ class TokenService:
         subject = identity.subject
         ctx["subject"] = str(subject)
         ctx["auth"] = identity.method
+        if identity.via and identity.via.startswith("token:"):
+            ctx["token_name"] = identity.via.removeprefix("token:")
         ctx["revision"] = engine.revision
         now = time.time()
         # A new revision or a new signing key never reuses a token made before it.
-        key = (subject, tuple(scopes), engine.revision, self.issuer.keystore.current().kid)
+        key = (
+            subject,
+            identity.actions,
+            tuple(scopes),
+            engine.revision,
+            self.issuer.keystore.current().kid,
+        )
         cached = self.cache.get(key, now)
         if cached is None:
             access = [engine.decide(subject, s.type, s.name, s.actions).access() for s in scopes]
+            if identity.actions is not None:  # a personal access token's cap
+                for entry in access:
+                    entry["actions"] = [a for a in entry["actions"] if identity.allows(a)]
             claims = {"revision": engine.revision}
             token = self.issuer.issue_access_token(
                 subject.name if subject.kind != "anonymous" else "", access, extra_claims=claims
@@ -275,9 +300,9 @@ class TokenService:
             "expires_in": remaining,
             "issued_at": cached.token.issued_at,
         }
-        if offline and subject.kind != "anonymous":
+        if offline and identity.refreshable:
             body["refresh_token"] = self.issuer.issue_refresh_token(
-                subject.name, subject.kind, fingerprint=identity.fingerprint
+                subject.name, subject.kind, fingerprint=identity.fingerprint, via=identity.via
             )
             ctx["refresh_token_issued"] = True
         return body
@@ -301,12 +326,31 @@ class TokenService:
         ctx["error"] = exc.reason
         if exc.username:
             ctx["username"] = exc.username[:200]
+        if exc.locked:
+            ctx["lockout_started"] = exc.locked
         self._audit("denied", 401, ctx, started)
         headers = {**self._headers(ctx), "WWW-Authenticate": self.challenge}
         return registry_error(
             401,
             "UNAUTHORIZED",
             "authentication required: wrong user name or password",
+            headers=headers,
+        )
+
+    def _too_many(self, exc: TooManyAttempts, ctx: dict[str, Any], started: float) -> Response:
+        """429 before any check: the user name or the address failed too often lately."""
+        ctx["error"] = exc.reason
+        ctx["lockout"] = exc.refusal.scope
+        ctx["retry_after"] = exc.retry_after
+        if exc.username:
+            ctx["username"] = exc.username[:200]
+        self._audit("locked", 429, ctx, started)
+        headers = {**self._headers(ctx), "Retry-After": str(exc.retry_after)}
+        return registry_error(
+            429,
+            "TOO_MANY_REQUESTS",
+            f"too many failed sign-ins; try again in {exc.retry_after} s",
+            detail={"retry_after": exc.retry_after},
             headers=headers,
         )
 

@@ -56,6 +56,7 @@ class RefreshClaims:
     kind: str
     fingerprint: str | None
     issued_at: int
+    via: str | None = None  # the backend: None (policy), "htpasswd" or "token:NAME"
 
 
 def rfc3339(epoch: int) -> str:
@@ -136,7 +137,7 @@ class TokenIssuer:
         return IssuedToken(token=token, expires_in=self.ttl, issued_at=rfc3339(now))
 
     def issue_refresh_token(
-        self, subject: str, kind: str, *, fingerprint: str | None = None
+        self, subject: str, kind: str, *, fingerprint: str | None = None, via: str | None = None
     ) -> str:
         """Sign a long-lived refresh token identifying `subject` of `kind` (user or robot)."""
         if not subject:
@@ -157,6 +158,8 @@ class TokenIssuer:
         }
         if fingerprint is not None:
             claims["fp"] = fingerprint
+        if via is not None:
+            claims["via"] = via
         # No x5c: the gateway finds its own key by kid, and the token stays short.
         headers = {"typ": "JWT", "kid": key.kid}
         return jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers=headers)
@@ -215,6 +218,11 @@ class TokenIssuer:
             raise TokenError("token has no subject")
         if kind not in REFRESH_KINDS:
             raise TokenError("token has an unknown kind")
-        if fingerprint is not None and not isinstance(fingerprint, str):
+        via = claims.get("via")
+        if (fingerprint is not None and not isinstance(fingerprint, str)) or (
+            via is not None and not isinstance(via, str)
+        ):
             raise TokenError("malformed token")
-        return RefreshClaims(subject=subject, kind=kind, fingerprint=fingerprint, issued_at=iat)
+        return RefreshClaims(
+            subject=subject, kind=kind, fingerprint=fingerprint, issued_at=iat, via=via
+        )

@@ -126,9 +126,15 @@ class Engine:
     # -- who is asking -------------------------------------------------------------------
 
     def known(self, subject: Subject) -> bool:
-        """Whether the subject is a user or robot of this policy."""
+        """Whether the subject is signed in: a user or robot of this policy, or a directory user.
+
+        A directory user the policy does not list gets what any signed-in user gets (protected
+        pulls, `authenticated` grants) and the teams its directory groups map to; no personal
+        namespace, no admin rights and no team membership by name, since rules can only name
+        users the policy defines.
+        """
         if subject.kind == "user":
-            return subject.name in self.policy.users
+            return subject.name in self.policy.users or (subject.directory and bool(subject.name))
         if subject.kind == "robot":
             return subject.name in self.policy.robots
         return False

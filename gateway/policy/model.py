@@ -73,11 +73,16 @@ ANONYMOUS = Principal("anonymous")
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    """Who is asking: a user, a robot, or nobody (anonymous)."""
+    """Who is asking: a user, a robot, or nobody (anonymous).
+
+    `directory` marks a user whom a directory backend (htpasswd, LDAP) signed in: such a user
+    is signed in even when the policy does not list the name (see `Engine.known`).
+    """
 
     kind: str  # "user" | "robot" | "anonymous"
     name: str = ""
     groups: frozenset[str] = frozenset()  # directory (LDAP) groups, mapped to teams by the engine
+    directory: bool = False
 
     def __str__(self) -> str:
         return "anonymous" if self.kind == "anonymous" else f"{self.kind}:{self.name}"
@@ -109,6 +114,9 @@ class AccessToken:
     expires: dt.date | None
     actions: frozenset[str] | None  # None: whatever the user may do
     location: Location
+
+    def expired(self, today: dt.date) -> bool:
+        return self.expires is not None and today > self.expires
 
 
 @dataclass(frozen=True, slots=True)
