@@ -1,0 +1,503 @@
+"""The catalog UI in-process: pages, JSON twins, visibility, sessions and CSRF.
+
+The index is filled from a fake registry client here; tests/test_ui_catalog.py does the same
+against the real registry with images pushed by skopeo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bs4 import BeautifulSoup
+from starlette.testclient import TestClient
+
+from gateway.app import create_app
+from gateway.catalog.index import CatalogIndex
+from gateway.catalog.registry import OCI_INDEX, OCI_MANIFEST, RegistryError
+from gateway.config import load_settings
+from gateway.policy.model import Subject
+
+from support.gateway import PASSWORDS
+
+REPOS = {
+    "library/base": ["v1", "v2", "latest"],
+    "library/multi": ["multi"],
+    "platform/api": ["v1"],
+    "platform/prod/api": ["v1"],
+    "bob/tool": ["dev"],
+    "carol/notes": ["v1"],
+    "qa/runner": ["v1"],
+    "alpine": ["3.19"],
+}
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class FakeRegistry:
+    """Answers like RegistryClient from a dict: every tag an image, `multi` an index of two."""
+
+    def __init__(self, repos: dict[str, list[str]]) -> None:
+        self.repos = {name: list(tags) for name, tags in repos.items()}
+        self.down = False
+        self.blobs: dict[str, dict[str, Any]] = {}
+        self.manifests: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def _image(self, repo: str, tag: str, arch: str = "amd64") -> str:
+        config = {
+            "created": f"2024-01-0{1 + len(tag) % 8}T10:00:00Z",
+            "architecture": arch,
+            "os": "linux",
+            "config": {
+                "Env": ["PATH=/usr/bin", "SECRET_TOKEN=hunter2"],
+                "Entrypoint": ["/bin/app"],
+                "Cmd": ["--serve"],
+                "Labels": {"org.opencontainers.image.source": f"https://example.org/{repo}"},
+            },
+        }
+        config_digest = _digest(json.dumps(config, sort_keys=True).encode())
+        self.blobs[config_digest] = config
+        body = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"digest": config_digest, "size": 300},
+            "layers": [
+                {"digest": _digest(b"base-layer"), "size": 2_000_000, "mediaType": "layer"},
+                {"digest": _digest(f"{repo}:{tag}".encode()), "size": 1234, "mediaType": "layer"},
+            ],
+        }
+        digest = _digest(json.dumps(body, sort_keys=True).encode() + arch.encode())
+        self.manifests[digest] = (OCI_MANIFEST, body)
+        return digest
+
+    async def repositories(self) -> list[str]:
+        if self.down:
+            raise RegistryError("GET /v2/_catalog: ConnectError: connection refused")
+        return sorted(self.repos)
+
+    async def tags(self, repository: str) -> list[str]:
+        return list(self.repos.get(repository, []))
+
+    async def manifest(self, repository: str, reference: str):
+        if reference.startswith("sha256:"):
+            media_type, body = self.manifests[reference]
+            return reference, media_type, body
+        if reference not in self.repos.get(repository, []):
+            return None
+        if reference == "multi":
+            children = [
+                {
+                    "digest": self._image(repository, reference, arch),
+                    "mediaType": OCI_MANIFEST,
+                    "size": 500,
+                    "platform": {"os": "linux", "architecture": arch},
+                }
+                for arch in ("amd64", "arm64")
+            ]
+            body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children}
+            digest = _digest(json.dumps(body).encode())
+            self.manifests[digest] = (OCI_INDEX, body)
+            return digest, OCI_INDEX, body
+        digest = self._image(repository, reference)
+        return digest, OCI_MANIFEST, self.manifests[digest][1]
+
+    async def blob_json(self, repository: str, digest: str):
+        return self.blobs.get(digest)
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    return Path(shutil.copytree("policies", tmp_path / "policies"))
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path, policies: Path, **extra: str) -> Iterator[tuple[TestClient, Any, Any]]:
+    """The app with its lifespan running, then an index filled from a fake registry."""
+    settings = load_settings(
+        {
+            "policies": str(policies),
+            "data_dir": str(tmp_path / "data"),
+            "audit_log": str(tmp_path / "audit.log"),
+            "watch": "false",
+            "registry_public": "registry.example.org",
+            **extra,
+        },
+        environ={},
+    )
+    app = create_app(settings)
+    fake = FakeRegistry(REPOS)
+    index = CatalogIndex(fake)  # type: ignore[arg-type]
+    asyncio.run(index.refresh())
+    with TestClient(app) as client:
+        gateway = app.state.gateway
+        gateway.catalog = index  # after start-up: no background refresh races the tests
+        yield client, gateway, fake
+
+
+@pytest.fixture
+def ui(tmp_path: Path, policies: Path) -> Iterator[tuple[TestClient, Any, Any]]:
+    with running(tmp_path, policies) as parts:
+        yield parts
+
+
+@pytest.fixture
+def client(ui) -> TestClient:
+    return ui[0]
+
+
+def sign_in(client: TestClient, user: str, password: str | None = None, next: str = "/") -> Any:
+    form = client.get("/-/login")
+    csrf = BeautifulSoup(form.text, "html.parser").select_one("input[name=csrf]")["value"]
+    return client.post(
+        "/-/login",
+        data={
+            "username": user,
+            "password": password or PASSWORDS[user],
+            "csrf": csrf,
+            "next": next,
+        },
+        follow_redirects=False,
+    )
+
+
+def soup(response) -> BeautifulSoup:
+    return BeautifulSoup(response.text, "html.parser")
+
+
+def repository_links(response) -> list[str]:
+    return sorted(a.get_text() for a in soup(response).select("main table th[scope=row] a"))
+
+
+def visible(gateway, user: str | None) -> set[str]:
+    subject = Subject("user", user) if user else Subject("anonymous")
+    engine = gateway.source.engine
+    return {name for name in REPOS if engine.may_pull(subject, name)}
+
+
+def names_in_json(client: TestClient, auth=None) -> set[str]:
+    found = set()
+    for ns in client.get("/", params={"format": "json"}, auth=auth).json()["namespaces"]:
+        page = client.get(f"/n/{ns['slug']}", params={"format": "json"}, auth=auth).json()
+        found |= {r["name"] for r in page["repositories"]}
+    return found
+
+
+# -- what each viewer sees ---------------------------------------------------------------
+
+
+def test_anonymous_sees_public_namespaces_only(client: TestClient) -> None:
+    home = client.get("/")
+    assert home.status_code == 200
+    assert home.template.name == "home.html"
+    names = [ns["name"] for ns in home.context["namespaces"]]
+    assert names == ["library"]
+    assert [h.get_text() for h in soup(home).select("main .card h2")] == ["library"]
+    assert repository_links(client.get("/n/library")) == ["library/base", "library/multi"]
+
+
+@pytest.mark.parametrize("user", ["alice", "bob", "carol", "dave", None])
+def test_each_viewer_sees_exactly_what_the_engine_lets_them_pull(ui, user: str | None) -> None:
+    client, gateway, _ = ui
+    expected = visible(gateway, user)
+    auth = (user, PASSWORDS[user]) if user else None
+    assert names_in_json(client, auth) == expected
+    search = client.get("/search", params={"q": "/", "format": "json"}, auth=auth).json()
+    assert {r["name"] for r in search["repositories"]} == {n for n in expected if "/" in n}
+    if user:
+        assert sign_in(client, user).status_code == 303
+    pages = set()
+    for ns in client.get("/").context["namespaces"]:
+        pages |= set(repository_links(client.get(f"/n/{ns['slug']}")))
+    assert pages == expected
+    for name in REPOS:
+        status = client.get(f"/r/{name}").status_code
+        assert status == (200 if name in expected else 404), name
+
+
+def test_users_differ(ui) -> None:
+    _, gateway, _ = ui
+    assert "bob/tool" in visible(gateway, "bob") and "bob/tool" not in visible(gateway, "carol")
+    assert "carol/notes" in visible(gateway, "carol")
+    assert visible(gateway, "alice") == set(REPOS)
+    assert visible(gateway, None) == {"library/base", "library/multi"}
+
+
+def test_a_private_repository_answers_like_a_missing_one(client: TestClient) -> None:
+    hidden = client.get("/r/platform/api")
+    missing = client.get("/r/platform/no-such-thing")
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.text == missing.text
+    assert client.get("/r/platform/api:v1").text == missing.text
+    assert client.get("/-/access/r/platform/api", follow_redirects=False).status_code == 303
+    as_json = client.get("/r/platform/api?format=json").json()
+    assert as_json == client.get("/r/platform/nothing?format=json").json()
+    assert "platform/api" not in json.dumps(client.get("/search?q=api&format=json").json())
+
+
+def test_hidden_repositories_count_nowhere(ui) -> None:
+    client, _, _ = ui
+    sign_in(client, "carol")
+    status = client.get("/-/status", params={"format": "json"}).json()
+    assert "repositories" not in status["catalog"]  # the registry's totals are for admins
+    assert status["catalog"]["visible_repositories"] == len(visible(ui[1], "carol"))
+    home = client.get("/", params={"format": "json"}).json()
+    assert home["repositories"] == len(visible(ui[1], "carol"))
+
+
+# -- pages -----------------------------------------------------------------------------
+
+
+def test_repository_page_lists_tags_with_pull_commands(client: TestClient) -> None:
+    page = client.get("/r/library/base")
+    assert page.template.name == "repository.html"
+    html = soup(page)
+    assert [th.get_text() for th in html.select("tbody th[scope=row]")] == ["latest", "v1", "v2"]
+    commands = [c.get_text() for c in html.select(".command code")]
+    assert commands == [
+        "docker pull registry.example.org/library/base:latest",
+        "podman pull registry.example.org/library/base:latest",
+    ]
+    by_name = client.get("/r/library/base", params={"sort": "name", "format": "json"}).json()
+    assert [t["tag"] for t in by_name["tags"]] == ["latest", "v1", "v2"]
+    assert by_name["tags"][0]["kind"] == "OCI image"
+    assert by_name["repository"]["rights"] == {"pull": True, "push": False, "delete": False}
+
+
+def test_pagination(client: TestClient) -> None:
+    first = client.get("/r/library/base", params={"per_page": 2, "sort": "name"})
+    assert [th.get_text() for th in soup(first).select("tbody th[scope=row]")] == ["latest", "v1"]
+    link = soup(first).select_one(".pagination a[rel=next]")["href"]
+    second = client.get(link)
+    assert [th.get_text() for th in soup(second).select("tbody th[scope=row]")] == ["v2"]
+    assert second.context["page"] == {"number": 2, "per_page": 2, "pages": 2, "total": 3}
+
+
+def test_multi_platform_index_and_tag_detail(client: TestClient) -> None:
+    row = client.get("/r/library/multi?format=json").json()["tags"][0]
+    assert row["kind"] == "OCI index" and row["platforms"] == ["linux/amd64", "linux/arm64"]
+    page = client.get("/r/library/multi:multi")
+    assert page.template.name == "tag.html"
+    html = soup(page)
+    assert [h.get_text() for h in html.select("section.platform h3")] == [
+        "linux/amd64",
+        "linux/arm64",
+    ]
+    assert "SECRET_TOKEN" in page.text and "hunter2" not in page.text
+    data = client.get("/r/library/multi:multi", headers={"Accept": "application/json"}).json()
+    platform = data["manifest"]["platforms"][0]
+    assert platform["env_names"] == ["PATH", "SECRET_TOKEN"]
+    assert platform["entrypoint"] == ["/bin/app"] and platform["cmd"] == ["--serve"]
+    assert [layer["size"] for layer in platform["layers"]] == [2_000_000, 1234]
+    assert data["pull_digest"]["docker"].endswith(f"library/multi@{data['manifest']['digest']}")
+    assert client.get("/r/library/multi:nope").status_code == 404
+
+
+def test_search_finds_repositories_and_tags(client: TestClient) -> None:
+    found = client.get("/search", params={"q": "BASE"})
+    assert found.template.name == "search.html"
+    assert [a.get_text() for a in soup(found).select(".results a")] == ["library/base"]
+    tags = client.get("/search", params={"q": "mult", "format": "json"}).json()
+    assert [(t["repository"], t["tag"]) for t in tags["tags"]] == [("library/multi", "multi")]
+    assert client.get("/search?q=&format=json").json()["repositories"] == []
+
+
+def test_every_page_has_a_json_twin(ui) -> None:
+    client = ui[0]
+    auth = ("alice", PASSWORDS["alice"])
+    for path in [
+        "/",
+        "/n/library",
+        "/r/library/base",
+        "/r/library/base:v1",
+        "/search?q=a",
+        "/-/teams",
+        "/-/status",
+        "/-/explain",
+        "/-/access/r/library/base",
+        "/-/access/n/platform",
+        "/-/login",
+    ]:
+        answer = client.get(path, headers={"Accept": "application/json"}, auth=auth)
+        assert answer.status_code == 200, path
+        assert answer.headers["content-type"] == "application/json", path
+        assert answer.json()["viewer"]["subject"] == "user:alice", path
+
+
+def test_teams_and_access_pages(ui) -> None:
+    client = ui[0]
+    assert client.get("/-/teams", follow_redirects=False).status_code == 303
+    sign_in(client, "bob")
+    teams = client.get("/-/teams")
+    platform = next(t for t in teams.context["teams"] if t["name"] == "platform")
+    assert [m["subject"] for m in platform["members"]["owner"]] == ["user:alice"]
+    assert [m["subject"] for m in platform["members"]["contributor"]] == [
+        "robot:ci-deploy",
+        "user:bob",
+    ]
+    access = client.get("/-/access/r/platform/prod/api", params={"format": "json"}).json()
+    assert access["access"]["summary"]["push"] == ["user:alice", "robot:release"]
+    bob = next(s for s in access["access"]["subjects"] if s["subject"] == "user:bob")
+    assert bob["actions"]["pull"]["allowed"] and not bob["actions"]["push"]["allowed"]
+    assert "restricted to" in bob["actions"]["push"]["reasons"][0]["rule"]
+    html = soup(client.get("/-/access/r/platform/prod/api"))
+    assert "user:bob" in [th.contents[0].strip() for th in html.select("tbody th")]
+
+
+def test_explain_is_for_admins(ui) -> None:
+    client = ui[0]
+    query = {"subject": "user:bob", "scope": "repository:platform/prod/api:pull,push"}
+    assert client.get("/-/explain", params=query, follow_redirects=False).status_code == 303
+    sign_in(client, "bob")
+    assert client.get("/-/explain", params=query).status_code == 403
+    sign_in(client, "alice")
+    page = client.get("/-/explain", params=query)
+    assert page.status_code == 200
+    decision = page.context["result"]["resources"][0]
+    assert decision["granted"] == ["pull"]
+    rows = [
+        [c.get_text(" ", strip=True)[:7] for c in tr.select("th, td")[:2]]
+        for tr in soup(page).select("article tbody tr")
+    ]
+    assert rows == [["pull", "allowed"], ["push", "denied"]]
+    bad = client.get("/-/explain", params={"subject": "user:bob", "scope": "nonsense"})
+    assert bad.status_code == 400 and bad.context["error"]
+
+
+def test_status_page(ui) -> None:
+    client, gateway, _ = ui
+    sign_in(client, "alice")
+    data = client.get("/-/status?format=json").json()
+    assert data["policy"]["revision"] == gateway.source.status().revision
+    assert data["catalog"]["repositories"] == len(REPOS)
+    assert data["registry"]["state"] == "ok"
+
+
+def test_registry_down_shows_a_banner_with_the_last_known_data(ui) -> None:
+    client, gateway, fake = ui
+    fake.down = True
+    assert asyncio.run(gateway.catalog.refresh()) is False
+    page = client.get("/n/library")
+    banner = soup(page).select_one(".banner[role=alert]")
+    assert banner is not None and "cannot be reached" in banner.get_text()
+    assert repository_links(page) == ["library/base", "library/multi"]
+    assert client.get("/?format=json").json()["registry"]["state"] == "down"
+
+
+# -- sign-in, sessions, CSRF -------------------------------------------------------------
+
+
+def test_sign_in_sets_a_safe_cookie_and_signs_out(client: TestClient) -> None:
+    answer = sign_in(client, "bob", next="/n/platform")
+    assert answer.status_code == 303 and answer.headers["location"] == "/n/platform"
+    cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie and "secure" not in cookie
+    assert PASSWORDS["bob"] not in answer.headers["set-cookie"]
+    page = client.get("/n/platform")
+    assert soup(page).select_one(".who strong").get_text() == "bob"
+    csrf = soup(page).select_one("form[action='/-/logout'] input[name=csrf]")["value"]
+    out = client.post("/-/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert out.status_code == 303
+    assert client.get("/n/platform").status_code == 404
+
+
+def test_wrong_password_and_open_redirects(client: TestClient) -> None:
+    wrong = sign_in(client, "bob", "not-the-password")
+    assert wrong.status_code == 401
+    assert soup(wrong).select_one("[role=alert]").get_text() == "Wrong username or password."
+    assert soup(wrong).select_one("input[name=username]")["value"] == "bob"
+    away = sign_in(client, "bob", next="//evil.example/")
+    assert away.headers["location"] == "/"
+
+
+def test_secure_cookie_behind_https(tmp_path: Path, policies: Path) -> None:
+    with running(tmp_path, policies, public_url="https://gateway.example.org") as (client, _, _):
+        # The form's session cookie is Secure already (so this http test client drops it).
+        assert "secure" in client.get("/-/login").headers["set-cookie"].lower()
+
+
+def test_csrf_refusals(client: TestClient) -> None:
+    client.get("/-/login")
+    for token in (None, "forged"):
+        data = {"username": "bob", "password": PASSWORDS["bob"]}
+        if token:
+            data["csrf"] = token
+        refused = client.post("/-/login", data=data, follow_redirects=False)
+        assert refused.status_code == 403
+        assert refused.context["error"] == "csrf"
+    sign_in(client, "bob")
+    assert client.post("/-/logout", data={"csrf": "forged"}).status_code == 403
+    assert client.get("/n/platform").status_code == 200  # still signed in
+
+
+def test_session_ends_when_the_user_leaves_the_policy(ui, policies: Path) -> None:
+    client, gateway, _ = ui
+    sign_in(client, "bob")
+    assert client.get("/r/bob/tool").status_code == 200
+    shutil.rmtree(policies / "tests")  # its cases are about bob
+    people = policies / "people.yaml"
+    text = people.read_text()
+    start = text.index("  bob:")
+    end = text.index("  carol:")
+    people.write_text(text[:start] + text[end:])
+    teams = policies / "teams.yaml"
+    teams.write_text(
+        teams.read_text().replace(
+            "contributors: [bob, robot:ci-deploy]", "contributors: [robot:ci-deploy]"
+        )
+    )
+    assert gateway.source.reload(), gateway.source.status().last_error
+    gone = client.get("/r/bob/tool")
+    assert gone.status_code == 404
+    assert "rg_session" in gone.headers.get("set-cookie", "")  # the cookie is cleared
+    assert soup(client.get("/")).select_one(".account a").get_text() == "Sign in"
+
+
+def test_forged_cookie_is_anonymous(client: TestClient) -> None:
+    client.cookies.set("rg_session", "eyJjIjoieCIsInMiOiJ1c2VyOmFsaWNlIn0.forged.sig")
+    assert client.get("/r/platform/api").status_code == 404
+
+
+def test_basic_auth_on_json(client: TestClient) -> None:
+    auth = ("bob", PASSWORDS["bob"])
+    data = client.get("/r/bob/tool", params={"format": "json"}, auth=auth).json()
+    assert data["viewer"]["subject"] == "user:bob"
+    assert client.get("/r/bob/tool", params={"format": "json"}, auth=auth).status_code == 200
+    wrong = client.get("/?format=json", auth=("bob", "nope"))
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Basic")
+    robot = client.get("/n/platform?format=json", auth=("ci-deploy", PASSWORDS["ci-deploy"]))
+    assert robot.status_code == 200 and robot.json()["viewer"]["subject"] == "robot:ci-deploy"
+    # Basic credentials do not sign in HTML pages (they use the form and a session).
+    assert client.get("/r/bob/tool", auth=auth).status_code == 404
+
+
+def test_security_headers_and_static_files(client: TestClient) -> None:
+    page = client.get("/")
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["server-timing"].startswith("app;dur=")
+    href = soup(page).select_one("link[rel=stylesheet]")["href"]
+    assert href.startswith("/-/static/style.css?v=")
+    css = client.get(href)
+    assert css.status_code == 200 and "immutable" in css.headers["cache-control"]
+
+
+def test_page_landmarks_and_labels(client: TestClient) -> None:
+    html = soup(client.get("/-/login"))
+    assert (
+        html.select_one("main#content") and html.select_one("header") and html.select_one("footer")
+    )
+    assert html.select_one("a.skip")["href"] == "#content"
+    for field in html.select("main input:not([type=hidden])"):
+        assert html.select_one(f"label[for={field['id']}]"), field
+    assert html.select_one("html")["lang"] == "en"

@@ -1,0 +1,399 @@
+"""The UI's request cycle: who is viewing, HTML or JSON, and the answer's common parts.
+
+A page is a view function `view(site, request, viewer) -> Response` wrapped by `Site.page`,
+which resolves the viewer (session cookie, or HTTP Basic for JSON), enforces sign-in or admin
+where a page needs it, and adds the cookie, timing and security headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import math
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from gateway.auth.identity import AuthenticationFailed, Identity
+from gateway.policy.engine import Engine
+from gateway.policy.model import REPOSITORY_ACTIONS, Subject
+from ui.session import COOKIE, Session, SessionCodec, derive_secret, still_valid
+from ui.templating import make_templates
+from ui.visibility import Summaries, VisibilityCache, VisibleCatalog
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+T = TypeVar("T")
+View = Callable[["Site", Request, "Viewer"], Awaitable[Response]]
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "private, no-cache",
+    "Vary": "Accept, Cookie, Authorization",
+}
+NOT_FOUND = (
+    "Nothing here, or nothing you may see. Names are case-sensitive; signing in may show more."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who is looking, decided by which policy engine, signed in how."""
+
+    subject: Subject
+    engine: Engine
+    method: str  # anonymous | session | basic
+    session: Session | None = None
+
+    @property
+    def signed_in(self) -> bool:
+        return self.subject.kind != "anonymous"
+
+    @property
+    def admin(self) -> bool:
+        return self.engine.is_admin(self.subject)
+
+    def rights(self, repository: str) -> dict[str, bool]:
+        found = self.engine.repository_rights(self.subject, repository)
+        return {action: found[action][0] for action in REPOSITORY_ACTIONS}
+
+    def data(self) -> dict[str, Any]:
+        return {
+            "subject": str(self.subject),
+            "name": self.subject.name or None,
+            "signed_in": self.signed_in,
+            "admin": self.admin,
+        }
+
+
+class BasicCache:
+    """Recent successful Basic sign-ins, so scripts do not pay a slow hash on every request.
+
+    Keys are an HMAC of the credentials under a per-process key; the identity found is
+    re-checked against the live policy on every use.
+    """
+
+    def __init__(self, ttl: float = 300.0, size: int = 1024) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._key = secrets.token_bytes(32)
+        self._items: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+
+    def key(self, username: str, password: str) -> bytes:
+        return hmac.new(self._key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
+
+    def get(self, key: bytes) -> Identity | None:
+        item = self._items.get(key)
+        if item is None or time.monotonic() - item[0] > self.ttl:
+            return None
+        return item[1]
+
+    def put(self, key: bytes, identity: Identity) -> None:
+        self._items[key] = (time.monotonic(), identity)
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+def wants_json(request: Request) -> bool:
+    """`?format=json`, or an Accept header that asks for JSON rather than HTML."""
+    fmt = request.query_params.get("format")
+    if fmt is not None:
+        return fmt == "json"
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def local_path(target: str | None, default: str = "/") -> str:
+    """`target` if it is a path on this site (never another host), else `default`."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return default
+    return target
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Site:
+    """Everything the UI's pages share: the gateway, templates, caches and the session codec."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.templates = make_templates()
+        self.visibility = VisibilityCache()
+        self.summaries = Summaries()
+        self.basic = BasicCache()
+        self._codec: SessionCodec | None = None
+
+    # -- sessions and viewers ------------------------------------------------------------
+
+    @property
+    def codec(self) -> SessionCodec:
+        """Made on first use: the signing keys exist only once the gateway has started."""
+        if self._codec is None:
+            secret = self.settings.session_secret
+            key = secret.reveal().encode() if secret else derive_secret(self.gateway.keys)
+            secure = self.settings.public_url.startswith("https://")
+            self._codec = SessionCodec(key, secure=secure)
+        return self._codec
+
+    async def viewer(self, request: Request, engine: Engine, json: bool) -> Viewer:
+        """The viewer of a request; AuthenticationFailed for bad Basic credentials."""
+        header = request.headers.get("authorization", "")
+        if json and header[:6].lower() == "basic ":
+            identity = await self._basic(request, engine, header[6:])
+            return Viewer(identity.subject, engine, "basic")
+        session = self.codec.loads(request.cookies.get(COOKIE))
+        request.state.ui_session = session
+        if session is None:
+            return Viewer(Subject("anonymous"), engine, "anonymous")
+        if session.signed_in and not still_valid(
+            engine, session.subject, session.credential, session.via
+        ):
+            # Removed from the policy, or the password changed: signed out from now on.
+            request.state.ui_session_cleared = True
+            request.state.ui_session = None
+            return Viewer(Subject("anonymous"), engine, "anonymous")
+        method = "session" if session.signed_in else "anonymous"
+        return Viewer(session.subject, engine, method, session)
+
+    async def sign_in(
+        self, request: Request, engine: Engine, username: str, password: str
+    ) -> Identity:
+        """Check credentials as the token endpoint does (slow hashes off the event loop)."""
+        authenticator = self.gateway.authenticator
+        if _takes_client(authenticator):
+            client = request.client.host if request.client else None
+            return await authenticator.password(engine, username, password, client=client)
+        return await authenticator.password(engine, username, password)
+
+    async def _basic(self, request: Request, engine: Engine, value: str) -> Identity:
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthenticationFailed("malformed basic credentials") from None
+        username, sep, password = decoded.partition(":")
+        if not sep or not username:
+            raise AuthenticationFailed("malformed basic credentials", username)
+        key = self.basic.key(username, password)
+        identity = self.basic.get(key)
+        via = getattr(identity, "via", None)
+        if identity is not None and still_valid(
+            engine, identity.subject, identity.fingerprint, via
+        ):
+            return identity
+        identity = await self.sign_in(request, engine, username, password)
+        self.basic.put(key, identity)
+        return identity
+
+    # -- the request cycle ---------------------------------------------------------------
+
+    def page(
+        self, view: View, *, signed_in: bool = False, admin: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A Starlette endpoint for a view; `signed_in`/`admin` pages refuse other viewers."""
+
+        async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            engine = self.gateway.source.engine
+            assert engine is not None  # the gateway does not start without a policy
+            json = wants_json(request)
+            try:
+                viewer = await self.viewer(request, engine, json)
+            except AuthenticationFailed as exc:
+                response: Response = self.unauthorized(exc)
+            else:
+                if (signed_in or admin) and not viewer.signed_in:
+                    response = self.sign_in_first(request, json)
+                elif admin and not viewer.admin:
+                    response = self.error(
+                        request, viewer, 403, "forbidden", "Only admins may use this page."
+                    )
+                else:
+                    response = await view(self, request, viewer)
+            self._finish(request, response, started)
+            return response
+
+        endpoint.__name__ = view.__name__
+        endpoint.__doc__ = view.__doc__
+        return endpoint
+
+    def _finish(self, request: Request, response: Response, started: float) -> None:
+        session: Session | None = getattr(request.state, "ui_session", None)
+        if session is not None and session.fresh:
+            response.set_cookie(value=self.codec.dumps(session), **self.codec.cookie_options())
+        elif getattr(request.state, "ui_session_cleared", False):
+            options = self.codec.cookie_options()
+            response.delete_cookie(
+                COOKIE,
+                path="/",
+                secure=bool(options["secure"]),
+                httponly=True,
+                samesite="lax",
+            )
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        elapsed = (time.perf_counter() - started) * 1000
+        response.headers["Server-Timing"] = f"app;dur={elapsed:.2f}"
+
+    # -- answers -------------------------------------------------------------------------
+
+    def render(
+        self,
+        request: Request,
+        viewer: Viewer,
+        template: str,
+        data: dict[str, Any],
+        *,
+        status: int = 200,
+        sign_in_next: bool = True,
+    ) -> Response:
+        """One data structure, as JSON or through a template."""
+        common = {"viewer": viewer.data(), "registry": self.registry_state(viewer)}
+        if wants_json(request):
+            return JSONResponse({**common, **data}, status_code=status)
+        session: Session | None = getattr(request.state, "ui_session", None)
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        context = {
+            **common,
+            **data,
+            "csrf": session.csrf if session else None,
+            "login_next": here if sign_in_next else None,
+            "settings": self.settings,
+        }
+        return self.templates.TemplateResponse(request, template, context, status_code=status)
+
+    def error(
+        self, request: Request, viewer: Viewer, status: int, code: str, message: str
+    ) -> Response:
+        data = {"error": code, "message": message, "status": status}
+        return self.render(request, viewer, "error.html", data, status=status, sign_in_next=False)
+
+    def not_found(self, request: Request, viewer: Viewer) -> Response:
+        """The one answer for a missing and a hidden thing alike: nothing tells them apart."""
+        return self.error(request, viewer, 404, "not_found", NOT_FOUND)
+
+    def unauthorized(self, exc: AuthenticationFailed) -> Response:
+        wait = retry_after(exc)
+        if wait is not None:
+            return JSONResponse(
+                {"error": "too_many_attempts", "message": f"too many attempts: retry in {wait} s"},
+                status_code=429,
+                headers={"Retry-After": str(wait)},
+            )
+        return JSONResponse(
+            {"error": "unauthorized", "message": "wrong username or password"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Basic realm="registry-gateway", charset="UTF-8"'},
+        )
+
+    def sign_in_first(self, request: Request, json: bool) -> Response:
+        if json:
+            return JSONResponse(
+                {"error": "unauthorized", "message": "sign in (HTTP Basic) to read this page"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Basic realm="registry-gateway", charset="UTF-8"'},
+            )
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        target = self.path(request, "ui_login") + "?" + urlencode({"next": here})
+        return RedirectResponse(target, status_code=303)
+
+    # -- shared data ---------------------------------------------------------------------
+
+    def visible(self, viewer: Viewer) -> VisibleCatalog:
+        return self.visibility.view(viewer.engine, viewer.subject, self.gateway.catalog)
+
+    def registry_state(self, viewer: Viewer) -> dict[str, Any]:
+        """Whether the catalog is current: feeds the banner shown when the registry is down."""
+        catalog = self.gateway.catalog
+        if catalog is None:
+            return {
+                "state": "off",
+                "message": "No registry is configured (registry_url), so the catalog is empty.",
+                "as_of": None,
+            }
+        as_of = iso(catalog.last_refresh)
+        if catalog.last_error:
+            known = f"what was known at {as_of}" if as_of else "what notifications reported"
+            message = f"The registry cannot be reached right now; showing {known}."
+            state = {"state": "down", "message": message, "as_of": as_of}
+            if viewer.admin:
+                state["error"] = catalog.last_error
+            return state
+        if not catalog.built:
+            return {
+                "state": "building",
+                "message": "The catalog is still being read from the registry.",
+                "as_of": None,
+            }
+        return {"state": "ok", "message": None, "as_of": as_of}
+
+    def path(self, request: Request, name: str, **params: Any) -> str:
+        return request.scope.get("root_path", "") + str(request.app.url_path_for(name, **params))
+
+    def pull_host(self) -> str | None:
+        """The registry address people pull from, as shown in commands."""
+        if self.settings.registry_public:
+            return (
+                self.settings.registry_public.removeprefix("https://")
+                .removeprefix("http://")
+                .rstrip("/")
+            )
+        if self.settings.registry_url:
+            from urllib.parse import urlsplit
+
+            return urlsplit(self.settings.registry_url).netloc or None
+        return None
+
+
+def retry_after(exc: AuthenticationFailed) -> int | None:
+    """Seconds to wait when sign-in was throttled (too many failures), else None."""
+    value = getattr(exc, "retry_after", None)
+    return int(value) if isinstance(value, int | float) else None
+
+
+def _takes_client(authenticator: object) -> bool:
+    """Whether the authenticator throttles by client address (`password(..., client=)`)."""
+    import inspect
+
+    return "client" in inspect.signature(authenticator.password).parameters  # type: ignore[attr-defined]
+
+
+def paginate(
+    request: Request, items: Sequence[T], *, per_page: int = 100, most: int = 500
+) -> tuple[Sequence[T], dict[str, int]]:
+    """One page of `items` (`?page=N&per_page=M`, clamped) and the page's numbers."""
+    size = _int(request.query_params.get("per_page"), per_page)
+    size = max(1, min(size, most))
+    pages = max(1, math.ceil(len(items) / size))
+    number = max(1, min(_int(request.query_params.get("page"), 1), pages))
+    start = (number - 1) * size
+    info = {"number": number, "per_page": size, "pages": pages, "total": len(items)}
+    return items[start : start + size], info
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default

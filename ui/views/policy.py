@@ -1,0 +1,212 @@
+"""Pages about the policy: teams, who may do what where, the live status, and explain."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.policy.engine import Engine, Reason
+from gateway.policy.explain import explain as explain_scopes
+from gateway.policy.model import ANONYMOUS_SUBJECT, REPOSITORY_ACTIONS, Role, Subject
+from gateway.policy.patterns import is_component, is_repository_name
+from ui.site import Site, Viewer, iso
+from ui.views.catalog import GLOBAL, namespace_rows
+
+ROLES = (Role.OWNER, Role.CONTRIBUTOR, Role.VIEWER)
+_ACCESS_CACHE: OrderedDict[tuple[Engine, str], dict[str, Any]] = OrderedDict()
+
+
+def reason_data(reason: Reason) -> dict[str, Any]:
+    where = reason.location
+    return {
+        "effect": reason.effect,
+        "rule": reason.rule,
+        "location": where.short if where and where.line else None,
+    }
+
+
+def person(engine: Engine, subject: Subject) -> dict[str, Any]:
+    """A user or robot as the pages show it."""
+    policy = engine.policy
+    full_name = ""
+    if subject.kind == "user" and subject.name in policy.users:
+        full_name = policy.users[subject.name].full_name
+    elif subject.kind == "robot" and subject.name in policy.robots:
+        full_name = policy.robots[subject.name].description
+    return {
+        "subject": str(subject),
+        "kind": subject.kind,
+        "name": subject.name or None,
+        "full_name": full_name or None,
+    }
+
+
+def access_data(engine: Engine, target: str) -> dict[str, Any]:
+    """Every user and robot (and anonymous) with any right on `target`, and the rules why."""
+    key = (engine, target)
+    cached = _ACCESS_CACHE.get(key)
+    if cached is not None:
+        return cached
+    policy = engine.policy
+    subjects = [ANONYMOUS_SUBJECT]
+    subjects += [Subject("user", name) for name in sorted(policy.users)]
+    subjects += [Subject("robot", name) for name in sorted(policy.robots)]
+    rows, nobody = [], 0
+    summary: dict[str, list[str]] = {action: [] for action in REPOSITORY_ACTIONS}
+    for subject in subjects:
+        rights = engine.repository_rights(subject, target)
+        if not any(allowed for allowed, _ in rights.values()):
+            nobody += 1
+            continue
+        actions = {}
+        for action in REPOSITORY_ACTIONS:
+            allowed, reasons = rights[action]
+            actions[action] = {
+                "allowed": allowed,
+                "reasons": [reason_data(r) for r in reasons],
+            }
+            if allowed:
+                summary[action].append(str(subject))
+        rows.append({**person(engine, subject), "actions": actions})
+    data = {"subjects": rows, "summary": summary, "without_rights": nobody}
+    _ACCESS_CACHE[key] = data
+    while len(_ACCESS_CACHE) > 256:
+        _ACCESS_CACHE.popitem(last=False)
+    return data
+
+
+async def namespace_access(site: Site, request: Request, viewer: Viewer) -> Response:
+    """Who may pull, push and delete across a namespace, and through which rule."""
+    slug = request.path_params["namespace"]
+    name = "" if slug == GLOBAL else slug
+    if name and not is_component(name):
+        return site.not_found(request, viewer)
+    view = site.visible(viewer)
+    row = next((r for r in namespace_rows(site, viewer, view) if r["name"] == name), None)
+    if row is None:
+        return site.not_found(request, viewer)
+    data = {
+        "kind": "namespace",
+        "namespace": row,
+        "target": f"{name}/*" if name else "*",
+        "access": access_data(viewer.engine, f"{name}/*" if name else "*"),
+    }
+    return site.render(request, viewer, "access.html", data)
+
+
+async def repository_access(site: Site, request: Request, viewer: Viewer) -> Response:
+    """Who may pull, push and delete one repository, and through which rule."""
+    name = request.path_params["name"]
+    repo = site.visible(viewer).get(name) if is_repository_name(name) else None
+    if repo is None:
+        return site.not_found(request, viewer)
+    data = {
+        "kind": "repository",
+        "repository": {"name": name, "namespace": repo.namespace, "slug": repo.namespace or GLOBAL},
+        "target": name,
+        "access": access_data(viewer.engine, name),
+    }
+    return site.render(request, viewer, "access.html", data)
+
+
+async def teams(site: Site, request: Request, viewer: Viewer) -> Response:
+    """Every team: its members by role, its namespaces and directory groups."""
+    engine = viewer.engine
+    policy = engine.policy
+    owned: dict[str, list[str]] = {}
+    for namespace in policy.namespaces.values():
+        for team in namespace.teams:
+            owned.setdefault(team, []).append(namespace.name)
+    rows = []
+    for name in sorted(policy.teams):
+        team = policy.teams[name]
+        members: dict[str, list[dict[str, Any]]] = {role.value: [] for role in ROLES}
+        strongest: dict[Any, Role] = {}
+        for principal, _ in team.members:
+            role = team.role_of(principal)
+            if role is not None:
+                strongest[principal] = role
+        for principal, role in sorted(strongest.items(), key=lambda item: str(item[0])):
+            subject = Subject(principal.kind, principal.name)
+            members[role.value].append(person(engine, subject))
+        rows.append(
+            {
+                "name": name,
+                "description": team.description or None,
+                "members": members,
+                "namespaces": sorted(owned.get(name, [])),
+                "ldap_groups": [{"group": g, "role": r.value} for g, r in team.ldap_groups],
+            }
+        )
+    return site.render(request, viewer, "teams.html", {"teams": rows})
+
+
+async def status(site: Site, request: Request, viewer: Viewer) -> Response:
+    """The live policy revision, when it loaded, the last error, and the catalog index."""
+    health = site.gateway.health()
+    policy: dict[str, Any] = {
+        "state": health["status"],
+        "revision": health["revision"],
+        "loaded_at": health["loaded_at"],
+        "last_error": health["error"],
+        "reloads": health["reloads"],
+        "failed_reloads": health["failed_reloads"],
+        "version": health["version"],
+    }
+    if viewer.admin:
+        policy["source"] = health["source"]
+    catalog = site.gateway.catalog
+    index: dict[str, Any] = {"configured": catalog is not None}
+    if catalog is not None:
+        view = site.visible(viewer)
+        index.update(
+            built=catalog.built,
+            last_refresh=iso(catalog.last_refresh),
+            refresh_seconds=round(catalog.refresh_seconds, 3)
+            if catalog.refresh_seconds is not None
+            else None,
+            last_error=catalog.last_error if viewer.admin else bool(catalog.last_error),
+            generation=catalog.generation,
+            refresh_interval=site.settings.catalog_refresh,
+            visible_repositories=len(view),
+        )
+        if viewer.admin:  # totals count what others may not see
+            totals = catalog.status()
+            index.update(repositories=totals.repositories, tags=totals.tags)
+    return site.render(request, viewer, "status.html", {"policy": policy, "catalog": index})
+
+
+async def explain(site: Site, request: Request, viewer: Viewer) -> Response:
+    """Admins pick a subject and scopes and see each decision with every rule behind it."""
+    engine = viewer.engine
+    policy = engine.policy
+    subjects = ["anonymous"]
+    subjects += [f"user:{name}" for name in sorted(policy.users)]
+    subjects += [f"robot:{name}" for name in sorted(policy.robots)]
+    params = request.query_params
+    chosen = params.get("subject", "").strip()
+    scopes = [line.strip() for text in params.getlist("scope") for line in text.splitlines()]
+    scopes = [s for s in scopes if s]
+    data: dict[str, Any] = {
+        "subjects": subjects,
+        "subject": chosen or None,
+        "scopes": scopes,
+        "result": None,
+        "error": None,
+        "known": None,
+    }
+    status_code = 200
+    if chosen or scopes:
+        try:
+            subject = Subject.parse(chosen or "anonymous")
+            if not scopes:
+                raise ValueError("give at least one scope, such as repository:library/alpine:pull")
+            data["result"] = explain_scopes(engine, subject, scopes)
+            data["known"] = subject.kind == "anonymous" or engine.known(subject)
+        except ValueError as exc:
+            data["error"] = str(exc)
+            status_code = 400
+    return site.render(request, viewer, "explain.html", data, status=status_code)
