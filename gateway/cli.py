@@ -169,6 +169,38 @@ def build_parser() -> argparse.ArgumentParser:
     hashpw.add_argument("--cost", type=int, default=12, choices=range(10, 16), metavar="10-15")
     hashpw.add_argument("--stdin", action="store_true", help="read from stdin even on a terminal")
     hashpw.set_defaults(func=commands.cmd_hash_password)
+
+    # -- robot and personal access token secrets (docs/authentication.md) ----------------
+    robot = sub.add_parser("robot", help="robot accounts: create a secret and its policy entry")
+    robot_sub = robot.add_subparsers(dest="robot_command", metavar="ACTION", required=True)
+    robot_create = robot_sub.add_parser(
+        "create",
+        help="print a new robot secret (once) and the robots: entry to commit",
+        description="Make a random secret for robot NAME. The secret goes to stdout once and is "
+        "never stored; the YAML entry (with its SHA-256) follows it, to paste into a policy "
+        "file. Rotate by creating a new one and replacing the entry.",
+    )
+    robot_create.add_argument("name", metavar="NAME", help="the robot's name (its user name)")
+    robot_create.add_argument("--expires", metavar="DATE", help="last valid day, YYYY-MM-DD")
+    robot_create.add_argument("--description", metavar="TEXT", help="what the robot is for")
+    robot.set_defaults(func=commands.cmd_robot)
+    token = sub.add_parser("token", help="personal access tokens: create a secret and its entry")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    token_create = token_sub.add_parser(
+        "create",
+        help="print a new personal access token (once) and the users.NAME.tokens: entry",
+        description="Make a personal access token for a user, to use as the password of "
+        "`docker login` and other clients instead of the real one. The token goes to stdout "
+        "once; the YAML entry (with its SHA-256) follows it, to paste under the user.",
+    )
+    token_create.add_argument("--user", required=True, metavar="NAME", help="the token's owner")
+    token_create.add_argument("--name", metavar="NAME", help="the token's name (default: random)")
+    token_create.add_argument("--expires", metavar="DATE", help="last valid day, YYYY-MM-DD")
+    token_create.add_argument(
+        "--actions", metavar="LIST", help="cap, e.g. pull or pull,push (default: no cap)"
+    )
+    token_create.add_argument("--description", metavar="TEXT", help="what the token is for")
+    token.set_defaults(func=commands.cmd_token)
     return parser
 
 

@@ -198,3 +198,100 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     else:
         print(PasswordHasher().hash(password))
     return 0
+
+
+# -- robot and personal access token secrets -----------------------------------------------
+
+_SHOWN_ONCE = (
+    "registry-gateway: the secret above is shown this once and stored nowhere: put it in your "
+    "secret store now. Commit the YAML entry (it holds only the SHA-256) to a policy file."
+)
+
+
+def _expires(text: str | None, command: str) -> tuple[object, str | None]:
+    """(date or None, error message or None) for an --expires value."""
+    import datetime as dt
+
+    if text is None:
+        return None, None
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        return None, f"registry-gateway {command}: --expires takes a date such as 2027-06-30"
+    if day < dt.date.today():
+        return None, f"registry-gateway {command}: --expires {day} is in the past"
+    return day, None
+
+
+def cmd_robot(args: argparse.Namespace) -> int:
+    from gateway.auth.credentials import ROBOT_PREFIX, new_secret, robot_entry
+    from gateway.policy.patterns import is_component
+
+    if not is_component(args.name):
+        print(
+            f"registry-gateway robot create: {args.name!r} is not a valid name (lower-case "
+            "letters and digits, optionally joined by '.', '_' or '-')",
+            file=sys.stderr,
+        )
+        return 2
+    expires, error = _expires(args.expires, "robot create")
+    if error:
+        print(error, file=sys.stderr)
+        return 2
+    secret = new_secret(ROBOT_PREFIX)
+    entry = robot_entry(args.name, secret, expires=expires, description=args.description or "")
+    sys.stdout.write(f"{secret}\n\n{entry}")
+    print(_SHOWN_ONCE, file=sys.stderr)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    import re
+    import secrets
+
+    from gateway.auth.credentials import TOKEN_PREFIX, new_secret, token_entry
+    from gateway.policy.model import REPOSITORY_ACTIONS
+    from gateway.policy.patterns import is_component
+
+    if not is_component(args.user):
+        print(f"registry-gateway token create: {args.user!r} is not a user name", file=sys.stderr)
+        return 2
+    actions = None
+    if args.actions is not None:
+        actions = [a.strip() for a in args.actions.split(",") if a.strip()]
+        unknown = [a for a in actions if a not in (*REPOSITORY_ACTIONS, "*")]
+        if unknown or not actions:
+            print(
+                "registry-gateway token create: --actions takes pull, push, delete or '*', "
+                "comma-separated",
+                file=sys.stderr,
+            )
+            return 2
+    expires, error = _expires(args.expires, "token create")
+    if error:
+        print(error, file=sys.stderr)
+        return 2
+    name = args.name or f"token-{secrets.token_hex(3)}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        print(
+            "registry-gateway token create: --name takes letters, digits, '.', '_' and '-'",
+            file=sys.stderr,
+        )
+        return 2
+    secret = new_secret(TOKEN_PREFIX)
+    entry = token_entry(
+        args.user,
+        name,
+        secret,
+        expires=expires,
+        actions=actions,
+        description=args.description or "",
+    )
+    sys.stdout.write(f"{secret}\n\n{entry}")
+    print(_SHOWN_ONCE, file=sys.stderr)
+    print(
+        f"registry-gateway: sign in as {args.user} with this token as the password, "
+        "e.g. docker login -u " + args.user,
+        file=sys.stderr,
+    )
+    return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
+import json
 import secrets
 from collections.abc import Iterable
 
@@ -34,16 +34,20 @@ def is_access_token(password: str) -> bool:
 
 def _yaml(entry: dict[str, object], path: Iterable[str]) -> str:
     """`entry` nested under the keys of `path`, as block YAML ready to paste into a policy."""
-    from ruamel.yaml import YAML
-
-    data: dict[str, object] = entry
-    for key in reversed(list(path)):
-        data = {key: data}
-    out = io.StringIO()
-    yaml = YAML()
-    yaml.default_flow_style = False
-    yaml.dump(data, out)
-    return out.getvalue()
+    lines = []
+    depth = 0
+    for depth, key in enumerate(path):
+        lines.append(f"{'  ' * depth}{key}:")
+    indent = "  " * (depth + 1)
+    for key, value in entry.items():
+        if isinstance(value, list):
+            text = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+        elif isinstance(value, dt.date):
+            text = value.isoformat()
+        else:
+            text = json.dumps(value)  # a JSON string is a YAML double-quoted scalar
+        lines.append(f"{indent}{key}: {text}")
+    return "\n".join(lines) + "\n"
 
 
 def robot_entry(

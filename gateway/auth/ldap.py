@@ -18,6 +18,7 @@ and nothing else waits for it.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import ssl
 import threading
@@ -51,6 +52,26 @@ def _ldap3() -> ModuleType:
         import ldap3.utils.conv
         import ldap3.utils.dn
     return ldap3
+
+
+def _verified_tls(lib: ModuleType) -> type:
+    """ldap3's Tls, with the standard library checking the certificate and the host name.
+
+    ldap3 checks host names with `ssl.match_hostname`, deprecated and gone in Python 3.12; a
+    default SSL context does it in the handshake instead (TLS 1.2 or later, IP SANs too).
+    """
+
+    class VerifiedTls(lib.Tls):  # type: ignore[name-defined,misc]
+        def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+            context = ssl.create_default_context(cafile=self.ca_certs_file)
+            connection.socket = context.wrap_socket(
+                connection.socket,
+                server_side=False,
+                do_handshake_on_connect=do_handshake,
+                server_hostname=self.sni,
+            )
+
+    return VerifiedTls
 
 
 class LdapUnavailable(Exception):
@@ -133,10 +154,8 @@ class LdapDirectory:
         secure = parts.scheme == "ldaps"
         tls = None
         if secure or config.start_tls:
-            tls = lib.Tls(
-                validate=ssl.CERT_REQUIRED,
-                ca_certs_file=config.ca_file,
-                sni=parts.hostname,
+            tls = _verified_tls(lib)(
+                validate=ssl.CERT_REQUIRED, ca_certs_file=config.ca_file, sni=parts.hostname
             )
         self.server = lib.Server(
             parts.hostname,
@@ -188,7 +207,7 @@ class LdapDirectory:
             self.server,
             user=user,
             password=password,
-            receive_timeout=self.config.timeout,
+            receive_timeout=max(1, math.ceil(self.config.timeout)),  # ldap3 packs an int
             read_only=True,
             raise_exceptions=False,
             auto_referrals=False,
@@ -260,7 +279,10 @@ class LdapDirectory:
         cfg = self.config
         if not cfg.group_base:
             return frozenset()
-        search = cfg.group_filter.format(dn=self._escape(dn), username=self._escape(username))
+        # memberUid matches case-exactly: use the canonical (lower-case) name.
+        search = cfg.group_filter.format(
+            dn=self._escape(dn), username=self._escape(username.lower())
+        )
         conn.search(cfg.group_base, search, self._lib.SUBTREE, attributes=[])
         return frozenset(
             r["dn"].lower() for r in conn.response or () if r.get("type") == "searchResEntry"
