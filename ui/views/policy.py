@@ -19,13 +19,19 @@ ROLES = (Role.OWNER, Role.CONTRIBUTOR, Role.VIEWER)
 _ACCESS_CACHE: OrderedDict[tuple[Engine, str], dict[str, Any]] = OrderedDict()
 
 
-def reason_data(reason: Reason) -> dict[str, Any]:
+def reason_data(reason: Reason, base: str = "") -> dict[str, Any]:
     where = reason.location
     return {
         "effect": reason.effect,
         "rule": reason.rule,
-        "location": where.short if where and where.line else None,
+        "location": relative(where.short, base) if where and where.line else None,
     }
+
+
+def relative(location: str, base: str) -> str:
+    """`/srv/policies/access.yaml:12` -> `access.yaml:12`: where in the policy, not on disk."""
+    prefix = base.rstrip("/") + "/"
+    return location[len(prefix) :] if base and location.startswith(prefix) else location
 
 
 def person(engine: Engine, subject: Subject) -> dict[str, Any]:
@@ -44,7 +50,7 @@ def person(engine: Engine, subject: Subject) -> dict[str, Any]:
     }
 
 
-def access_data(engine: Engine, target: str) -> dict[str, Any]:
+def access_data(engine: Engine, target: str, base: str = "") -> dict[str, Any]:
     """Every user and robot (and anonymous) with any right on `target`, and the rules why."""
     key = (engine, target)
     cached = _ACCESS_CACHE.get(key)
@@ -66,7 +72,7 @@ def access_data(engine: Engine, target: str) -> dict[str, Any]:
             allowed, reasons = rights[action]
             actions[action] = {
                 "allowed": allowed,
-                "reasons": [reason_data(r) for r in reasons],
+                "reasons": [reason_data(r, base) for r in reasons],
             }
             if allowed:
                 summary[action].append(str(subject))
@@ -76,6 +82,10 @@ def access_data(engine: Engine, target: str) -> dict[str, Any]:
     while len(_ACCESS_CACHE) > 256:
         _ACCESS_CACHE.popitem(last=False)
     return data
+
+
+def policy_dir(site: Site) -> str:
+    return str(site.gateway.source.directory)
 
 
 async def namespace_access(site: Site, request: Request, viewer: Viewer) -> Response:
@@ -92,7 +102,7 @@ async def namespace_access(site: Site, request: Request, viewer: Viewer) -> Resp
         "kind": "namespace",
         "namespace": row,
         "target": f"{name}/*" if name else "*",
-        "access": access_data(viewer.engine, f"{name}/*" if name else "*"),
+        "access": access_data(viewer.engine, f"{name}/*" if name else "*", policy_dir(site)),
     }
     return site.render(request, viewer, "access.html", data)
 
@@ -107,7 +117,7 @@ async def repository_access(site: Site, request: Request, viewer: Viewer) -> Res
         "kind": "repository",
         "repository": {"name": name, "namespace": repo.namespace, "slug": repo.namespace or GLOBAL},
         "target": name,
-        "access": access_data(viewer.engine, name),
+        "access": access_data(viewer.engine, name, policy_dir(site)),
     }
     return site.render(request, viewer, "access.html", data)
 
@@ -204,7 +214,14 @@ async def explain(site: Site, request: Request, viewer: Viewer) -> Response:
             subject = Subject.parse(chosen or "anonymous")
             if not scopes:
                 raise ValueError("give at least one scope, such as repository:library/alpine:pull")
-            data["result"] = explain_scopes(engine, subject, scopes)
+            result = explain_scopes(engine, subject, scopes)
+            base = policy_dir(site)
+            for resource in result["resources"]:
+                for action in resource["actions"]:
+                    for reason in action["reasons"]:
+                        if reason["location"]:
+                            reason["location"] = relative(reason["location"], base)
+            data["result"] = result
             data["known"] = subject.kind == "anonymous" or engine.known(subject)
         except ValueError as exc:
             data["error"] = str(exc)
