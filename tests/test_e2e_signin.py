@@ -188,6 +188,17 @@ def test_ldap_user_in_a_mapped_group_pushes_to_the_team_namespace(
     assert {"user:lara", "user:leo", "user:erin"} <= {r["subject"] for r in issued}
 
 
+def test_docker_login_of_an_ldap_user_keeps_the_password_not_a_refresh_token(
+    setup: Setup, skopeo: Skopeo, docker_cli: DockerCLI, oci_image: OciImage
+) -> None:
+    lara = f"lara:{LDAP_PASSWORDS['lara']}"
+    ok(push(skopeo, oci_image, setup.stack, "devs/docker-seen", lara))
+    ok(docker_cli.login(setup.stack.host, "lara", LDAP_PASSWORDS["lara"]))
+    stored = docker_cli.config()["auths"][setup.stack.host]
+    assert "identitytoken" not in stored and "auth" in stored
+    ok(docker_cli.manifest_inspect(f"{setup.stack.host}/devs/docker-seen:v1"))
+
+
 def test_removing_an_ldap_user_from_the_group_removes_the_right_after_the_cache_ttl(
     setup: Setup, skopeo: Skopeo, oci_image: OciImage
 ) -> None:
