@@ -501,3 +501,21 @@ def test_page_landmarks_and_labels(client: TestClient) -> None:
     for field in html.select("main input:not([type=hidden])"):
         assert html.select_one(f"label[for={field['id']}]"), field
     assert html.select_one("html")["lang"] == "en"
+
+
+def test_every_page_is_documented(ui) -> None:
+    from starlette.routing import Route
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "ui.md").read_text()
+    app = ui[0].app
+    paths = [r.path for r in app.routes if isinstance(r, Route) and r.name.startswith("ui_")]
+    shown = {
+        "/n/{namespace}": "/n/NAMESPACE",
+        "/r/{name:path}:{tag}": "/r/REPOSITORY:TAG",
+        "/r/{name:path}": "/r/REPOSITORY",
+        "/search": "/search?q=TEXT",
+        "/-/access/n/{namespace}": "/-/access/n/NAMESPACE",
+        "/-/access/r/{name:path}": "/-/access/r/REPOSITORY",
+    }
+    missing = [p for p in paths if f"`{shown.get(p, p)}`" not in docs]
+    assert not missing, f"docs/ui.md does not document {missing}"
