@@ -27,6 +27,7 @@ class Summary:
     size: int
     updated: str | None
     last_push: str | None
+    tag_text: str  # every tag, lower-cased and joined by newlines: one `in` test for search
 
     def data(self) -> dict[str, Any]:
         return {
@@ -50,7 +51,13 @@ class Summaries:
         if cached is not None and cached[0] is repo:
             return cached[1]
         summary = Summary(
-            repo.name, repo.namespace, len(repo.tags), repo.size, repo.updated, repo.last_push
+            repo.name,
+            repo.namespace,
+            len(repo.tags),
+            repo.size,
+            repo.updated,
+            repo.last_push,
+            "\n".join(repo.tags).lower(),
         )
         self._items[repo.name] = (repo, summary)
         return summary

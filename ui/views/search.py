@@ -27,10 +27,13 @@ async def search(site: Site, request: Request, viewer: Viewer) -> Response:
         view = site.visible(viewer)
         for name in view.names:
             repo = view.repositories[name]
+            summary = site.summaries.get(repo)
             if needle in name:
                 total_repositories += 1
                 if len(repositories) < MOST:
-                    repositories.append(site.summaries.get(repo).data())
+                    repositories.append(summary.data())
+            if needle not in summary.tag_text:
+                continue  # no tag of this repository matches: skip them all at once
             for tag, manifest in repo.tags.items():
                 if needle in tag.lower():
                     total_tags += 1
