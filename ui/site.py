@@ -12,6 +12,7 @@ import binascii
 import datetime as dt
 import hashlib
 import hmac
+import inspect
 import math
 import secrets
 import time
@@ -19,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -143,6 +144,7 @@ class Site:
         self.visibility = VisibilityCache()
         self.summaries = Summaries()
         self.basic = BasicCache()
+        self.access: OrderedDict[tuple[Any, str], dict[str, Any]] = OrderedDict()  # views.policy
         self._codec: SessionCodec | None = None
 
     # -- sessions and viewers ------------------------------------------------------------
@@ -279,7 +281,6 @@ class Site:
             **data,
             "csrf": session.csrf if session else None,
             "login_next": here if sign_in_next else None,
-            "settings": self.settings,
         }
         return self.templates.TemplateResponse(request, template, context, status_code=status)
 
@@ -360,8 +361,6 @@ class Site:
                 .rstrip("/")
             )
         if self.settings.registry_url:
-            from urllib.parse import urlsplit
-
             return urlsplit(self.settings.registry_url).netloc or None
         return None
 
@@ -374,8 +373,6 @@ def retry_after(exc: AuthenticationFailed) -> int | None:
 
 def _takes_client(authenticator: object) -> bool:
     """Whether the authenticator throttles by client address (`password(..., client=)`)."""
-    import inspect
-
     return "client" in inspect.signature(authenticator.password).parameters  # type: ignore[attr-defined]
 
 

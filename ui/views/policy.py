@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 from starlette.requests import Request
@@ -16,7 +15,6 @@ from ui.site import Site, Viewer, iso
 from ui.views.catalog import GLOBAL, namespace_rows
 
 ROLES = (Role.OWNER, Role.CONTRIBUTOR, Role.VIEWER)
-_ACCESS_CACHE: OrderedDict[tuple[Engine, str], dict[str, Any]] = OrderedDict()
 
 
 def reason_data(reason: Reason, base: str = "") -> dict[str, Any]:
@@ -50,16 +48,17 @@ def person(engine: Engine, subject: Subject) -> dict[str, Any]:
     }
 
 
-def access_data(engine: Engine, target: str, base: str = "") -> dict[str, Any]:
+def access_data(site: Site, engine: Engine, target: str) -> dict[str, Any]:
     """Every user and robot (and anonymous) with any right on `target`, and the rules why."""
     key = (engine, target)
-    cached = _ACCESS_CACHE.get(key)
+    cached = site.access.get(key)
     if cached is not None:
         return cached
     policy = engine.policy
     subjects = [ANONYMOUS_SUBJECT]
     subjects += [Subject("user", name) for name in sorted(policy.users)]
     subjects += [Subject("robot", name) for name in sorted(policy.robots)]
+    base = policy_dir(site)
     rows, nobody = [], 0
     summary: dict[str, list[str]] = {action: [] for action in REPOSITORY_ACTIONS}
     for subject in subjects:
@@ -78,9 +77,9 @@ def access_data(engine: Engine, target: str, base: str = "") -> dict[str, Any]:
                 summary[action].append(str(subject))
         rows.append({**person(engine, subject), "actions": actions})
     data = {"subjects": rows, "summary": summary, "without_rights": nobody}
-    _ACCESS_CACHE[key] = data
-    while len(_ACCESS_CACHE) > 256:
-        _ACCESS_CACHE.popitem(last=False)
+    site.access[key] = data
+    while len(site.access) > 256:
+        site.access.popitem(last=False)
     return data
 
 
@@ -102,7 +101,7 @@ async def namespace_access(site: Site, request: Request, viewer: Viewer) -> Resp
         "kind": "namespace",
         "namespace": row,
         "target": f"{name}/*" if name else "*",
-        "access": access_data(viewer.engine, f"{name}/*" if name else "*", policy_dir(site)),
+        "access": access_data(site, viewer.engine, f"{name}/*" if name else "*"),
     }
     return site.render(request, viewer, "access.html", data)
 
@@ -117,7 +116,7 @@ async def repository_access(site: Site, request: Request, viewer: Viewer) -> Res
         "kind": "repository",
         "repository": {"name": name, "namespace": repo.namespace, "slug": repo.namespace or GLOBAL},
         "target": name,
-        "access": access_data(viewer.engine, name, policy_dir(site)),
+        "access": access_data(site, viewer.engine, name),
     }
     return site.render(request, viewer, "access.html", data)
 
