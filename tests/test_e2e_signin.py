@@ -331,8 +331,8 @@ def test_lockout_after_repeated_failures_and_recovery_after_the_lockout(
 ) -> None:
     gateway, tokens = strict
     attacker, tina_at = "10.0.0.66", "10.0.0.7"
-    for _ in range(4):
-        assert get_token(gateway, "tina", "guess", client=attacker).status_code == 401
+    for i in range(4):
+        assert get_token(gateway, "tina", f"guess-{i}", client=attacker).status_code == 401
     # The name is locked for everyone, the right password too: GET and POST alike.
     locked = get_token(gateway, "tina", TINA_PASSWORD, client=tina_at)
     assert locked.status_code == 429

@@ -18,6 +18,7 @@ from gateway.app import create_app
 from gateway.auth import identity as identity_module
 from gateway.auth.credentials import TOKEN_PREFIX, new_secret, sha256_hex, token_entry
 from gateway.auth.htpasswd import parse
+from gateway.auth.identity import AuthenticationFailed, Authenticator, TooManyAttempts
 from gateway.auth.lockout import MemoryFailureCounter, Rules, Throttle
 from gateway.auth.verifycache import VerificationCache
 from gateway.config import load_settings
@@ -234,6 +235,30 @@ def test_twenty_requests_cost_one_slow_hash(
     assert calls.count("wrong") == 3  # a wrong password is never remembered
 
 
+def test_the_same_wrong_password_again_counts_once() -> None:
+    """A client retrying a stale password (a CI job, a credential helper) does not lock its user."""
+    stored = bcrypt.hashpw(b"right-password", bcrypt.gensalt(4)).decode()
+    engine = Engine(load_texts({"p.yaml": f'users:\n  dave: {{password: "{stored}"}}\n'}).policy)
+    rules = Rules(failures=3, window=60, lockout=60, backoff=0)
+    authenticator = Authenticator(
+        throttle=Throttle(MemoryFailureCounter(rules), MemoryFailureCounter(rules))
+    )
+
+    def sign_in(password: str, client: str = "10.0.0.1"):
+        return run(authenticator.password(engine, "dave", password, client=client))
+
+    for _ in range(6):
+        with pytest.raises(AuthenticationFailed) as failed:
+            sign_in("last-years-password")
+        assert not isinstance(failed.value, TooManyAttempts)
+    assert sign_in("right-password").subject == Subject("user", "dave")
+    for i in range(3):
+        with pytest.raises(AuthenticationFailed):
+            sign_in(f"guess-{i}", client=f"10.0.1.{i}")
+    with pytest.raises(TooManyAttempts):
+        sign_in("right-password")
+
+
 def test_personal_access_tokens_are_capped_expire_and_refresh_with_their_cap(
     client: TestClient, tokens: dict[str, str]
 ) -> None:
@@ -260,9 +285,9 @@ def test_personal_access_tokens_are_capped_expire_and_refresh_with_their_cap(
 
 
 def test_429_is_in_the_registry_error_format(client: TestClient) -> None:
-    for _ in range(10):
-        get(client, "nobody-at-all", "guess")
-    answer = get(client, "nobody-at-all", "guess")
+    for i in range(10):
+        get(client, "nobody-at-all", f"guess-{i}")
+    answer = get(client, "nobody-at-all", "guess-10")
     assert answer.status_code == 429
     error = answer.json()["errors"][0]
     assert error["code"] == "TOO_MANY_REQUESTS" and error["detail"]["retry_after"] >= 1

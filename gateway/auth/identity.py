@@ -169,6 +169,7 @@ class Authenticator:
         ldap: LdapDirectory | None = None,
         cache: VerificationCache | None = None,
         throttle: Throttle | None = None,
+        repeat_window: float = 300.0,
     ) -> None:
         # A real hash of a random secret: failures verify against it to cost a real check.
         self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(DUMMY_COST)).decode()
@@ -176,6 +177,9 @@ class Authenticator:
         self.ldap = ldap
         self.cache = cache if cache is not None else VerificationCache(300)
         self.throttle = throttle if throttle is not None else default_throttle()
+        # Wrong credentials seen lately (as HMACs): the same wrong password again is one guess,
+        # so a client retrying a stale password does not lock its user out.
+        self._recent_failures = VerificationCache(repeat_window, 10000)
         self._ldap_threads = CapacityLimiter(LDAP_THREADS)
         self._pending: dict[tuple[str, str, str, str], asyncio.Future[Any]] = {}
 
@@ -188,6 +192,7 @@ class Authenticator:
             ldap=LdapDirectory(ldap_config) if ldap_config else None,
             cache=VerificationCache(settings.auth_cache_ttl, settings.auth_cache_size),
             throttle=throttle_for(settings),
+            repeat_window=settings.lockout_window,
         )
 
     async def _slow_failure(self, reason: str, username: str) -> AuthenticationFailed:
@@ -211,8 +216,11 @@ class Authenticator:
         try:
             identity = await self._verify(engine, username, password)
         except AuthenticationFailed as exc:
-            if exc.counts:
+            if exc.counts and self._recent_failures.get("failed", username, password) is None:
+                self._recent_failures.put("failed", username, password)
                 exc.locked = await self.throttle.failed(username, client, token=token)
+            elif exc.counts:
+                exc.reason += " (the same wrong credentials again: not counted)"
             raise
         if not token:
             await self.throttle.succeeded(username)

@@ -9,6 +9,7 @@ Who is counted and checked (the reasons are in docs/authentication.md):
 
 - Passwords (policy, htpasswd, LDAP): both the user name and the address are checked; a
   failure counts against both; a success clears the user name's count (never the address's).
+- The same wrong credentials again count once (`Authenticator` remembers recent failures).
 - Robot secrets and personal access tokens: only the address is checked and counted. A user
   name that an attacker has locked out therefore never stops that user's tokens, nor a robot
   of that name; guessing a 256-bit secret gets nowhere, and the address limit still stops
