@@ -17,6 +17,7 @@ and nothing else waits for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -212,9 +213,13 @@ class LdapDirectory:
             raise_exceptions=False,
             auto_referrals=False,
         )
-        conn.open()
-        if self.config.start_tls:
-            conn.start_tls()
+        try:
+            conn.open()
+            if self.config.start_tls:
+                conn.start_tls()
+        except BaseException:
+            _close(conn)
+            raise
         return conn
 
     def _bind(self, conn: Any) -> bool:
@@ -236,7 +241,7 @@ class LdapDirectory:
                 groups = self._entry_groups(conn, dn) | self._searched_groups(conn, dn, username)
                 return LdapUser(name, dn, groups)
             finally:
-                conn.unbind()
+                _close(conn)
         conn = self._connection(cfg.bind_dn, cfg.bind_password)
         try:
             if not self._bind(conn):
@@ -265,7 +270,7 @@ class LdapDirectory:
                 raise LdapRejected("wrong password")
             return LdapUser(name, dn, groups)
         finally:
-            conn.unbind()
+            _close(conn)
 
     def _entry_groups(self, conn: Any, dn: str) -> frozenset[str]:
         conn.search(dn, "(objectClass=*)", self._lib.BASE, attributes=[self.config.group_attribute])
@@ -287,6 +292,16 @@ class LdapDirectory:
         return frozenset(
             r["dn"].lower() for r in conn.response or () if r.get("type") == "searchResEntry"
         )
+
+
+def _close(conn: Any) -> None:
+    """Close a connection whatever state a failure left it in (no socket may leak)."""
+    with contextlib.suppress(Exception):
+        conn.unbind()
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(Exception):
+            sock.close()
 
 
 def _values(entry: dict, attribute: str) -> frozenset[str]:
