@@ -519,3 +519,23 @@ def test_every_page_is_documented(ui) -> None:
     }
     missing = [p for p in paths if f"`{shown.get(p, p)}`" not in docs]
     assert not missing, f"docs/ui.md does not document {missing}"
+
+
+def test_a_push_notified_before_its_tag_is_linked_still_shows(ui) -> None:
+    """The registry sends a manifest's push event before the tag exists in its tag list."""
+    client, gateway, fake = ui
+    digest, _, _ = asyncio.run(fake.manifest("library/base", "v1"))
+    fake.repos["library/early"] = []  # the repository exists; its tag is not linked yet
+    event = {
+        "action": "push",
+        "target": {
+            "repository": "library/early",
+            "tag": "v1",
+            "digest": digest,
+            "mediaType": OCI_MANIFEST,
+        },
+    }
+    assert gateway.catalog.apply_events([event]) == {"library/early"}
+    asyncio.run(gateway.catalog.update_repository("library/early"))
+    tags = client.get("/r/library/early?format=json").json()["tags"]
+    assert [(t["tag"], t["digest"]) for t in tags] == [("v1", digest)]

@@ -120,6 +120,8 @@ class CatalogIndex:
         self.refresh_seconds: float | None = None
         self.last_error: str | None = None
         self.built = False
+        # Tags that notifications said were pushed, by repository: tag -> manifest digest.
+        self._pushed: dict[str, dict[str, str]] = {}
 
     def status(self) -> IndexStatus:
         tags = sum(len(r.tags) for r in self.repositories.values())
@@ -170,9 +172,20 @@ class CatalogIndex:
         return True
 
     async def update_repository(self, name: str, *, pushed_at: str | None = None) -> None:
-        """Re-read one repository now (a notification said it changed)."""
+        """Re-read one repository now (a notification said it changed).
+
+        The registry sends a manifest's push event before it links the tag, so the tag list
+        may not show it yet: tags the events named are read by their digest instead.
+        """
+        expected = self._pushed.pop(name, {})
         try:
             repo = await self._load_repository(name)
+            for tag, digest in expected.items():
+                found = repo.tags.get(tag)
+                if found is None or found.digest != digest:
+                    manifest = await self._load_tag(name, digest)
+                    if manifest is not None:
+                        repo.tags[tag] = manifest
         except RegistryError as exc:
             log.warning("catalog update of %s failed: %s", name, exc)
             return
@@ -291,6 +304,9 @@ class CatalogIndex:
                 and not target.get("tag")
             ):
                 continue  # a blob upload: the manifest push that follows is what matters
+            tag, digest = target.get("tag"), target.get("digest")
+            if action == "push" and isinstance(tag, str) and isinstance(digest, str) and tag:
+                self._pushed.setdefault(name, {})[tag] = digest
             changed.add(name)
         return changed
 
