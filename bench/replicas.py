@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Requests/s of three gateway replicas behind nginx against one replica direct, same run.
 
-    .venv/bin/python bench/replicas.py [--seconds 5] [--connections 16]
+    .venv/bin/python bench/replicas.py [--seconds 5] [--connections 16] [--rounds 3]
 
 Starts three `registry-gateway serve` replicas sharing their signing keys (as tests/test_replicas.py
 does) and Debian's nginx in front of them, then measures anonymous token requests
@@ -92,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
@@ -124,14 +125,18 @@ def main() -> None:
             ("nginx -> 1 replica", one.url),
             ("nginx -> 3 replicas", three.url),
         ]
-        results = []
-        for title, base in cases:
-            rate, p99 = measure(base + PATH, args.seconds, args.connections)
-            results.append((title, rate, p99))
-            print(f"  {title}: {rate:.0f} requests/s", file=sys.stderr)
+        # Rounds interleave the cases, so that other work on the machine hits them alike.
+        runs: dict[str, list[tuple[float, str]]] = {title: [] for title, _ in cases}
+        for round_ in range(1, args.rounds + 1):
+            for title, base in cases:
+                rate, p99 = measure(base + PATH, args.seconds, args.connections)
+                runs[title].append((rate, p99))
+                print(f"  round {round_}: {title}: {rate:.0f} requests/s", file=sys.stderr)
         served = [len(r.audit()) for r in replicas]
-        print("| setup | requests/s | p99 |\n|---|---:|---:|")
-        for title, rate, p99 in results:
+        print(f"| setup | requests/s (median of {args.rounds}) | p99 of that run |")
+        print("|---|---:|---:|")
+        for title, results in runs.items():
+            rate, p99 = sorted(results)[len(results) // 2]
             print(f"| {title} | {rate:.0f} | {p99} |")
         print(f"\ntoken requests audited per replica over the whole run: {served}")
     finally:
