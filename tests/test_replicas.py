@@ -294,7 +294,9 @@ class Load:
             "client_id": "replica-test",
             "scope": "repository:platform/api:pull",
         }
-        self._check("token POST", httpx.post(f"{self.cluster.lb}/auth/token", data=form))
+        self._check(
+            "token POST", httpx.post(f"{self.cluster.lb}/auth/token", data=form, timeout=30)
+        )
 
     def _pulls(self) -> None:
         skopeo = self.cluster.skopeo()
@@ -416,5 +418,6 @@ def test_refresh_token_from_one_replica_works_on_the_others(cluster: Cluster) ->
         answer = httpx.post(
             f"{replica.url}/auth/token",
             data={"grant_type": "refresh_token", "refresh_token": forged, "service": SERVICE},
+            timeout=30,
         )
         assert answer.status_code == 401
