@@ -79,6 +79,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=20,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     serve(config, workers=settings.workers, drain=settings.drain_seconds)
     return 0

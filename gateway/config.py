@@ -179,6 +179,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("workers", 1, _int(1, 64), "server worker processes"),
     Field(
+        "forwarded_allow_ips",
+        "127.0.0.1",
+        _text,
+        "proxies trusted for X-Forwarded-For (comma-separated addresses, or *): the client "
+        "address that lockout and the audit log see",
+    ),
+    Field(
         "drain_seconds",
         5.0,
         _duration,
@@ -333,6 +340,7 @@ class Settings:
     refresh_ttl: int
     public_url: str
     workers: int
+    forwarded_allow_ips: str
     drain_seconds: float
     key_algorithm: str
     audit_log: str

@@ -1,5 +1,6 @@
 import base64
 import hashlib
+import os
 import re
 import stat
 import subprocess
@@ -333,3 +334,19 @@ def test_unrelated_files_in_keys_dir_are_ignored(tmp_path):
     (tmp_path / "keys" / "README").write_text("hello")
     (tmp_path / "keys" / ".00000000000000000001-AAAAAAAA.key.pem.123.tmp").write_text("half")
     assert kids(KeyStore(tmp_path)) == [key.kid]
+
+
+def test_ensure_works_on_a_read_only_key_folder(tmp_path: Path) -> None:
+    """A Kubernetes Secret mounted as the key folder is read-only: existing keys must load."""
+    store = KeyStore(tmp_path)
+    kid = store.ensure().kid
+    keys_dir = tmp_path / "keys"
+    keys_dir.chmod(0o500)
+    try:
+        if os.access(keys_dir, os.W_OK):  # root ignores modes: prove the lock is not taken
+            (keys_dir / ".lock").unlink(missing_ok=True)
+        again = KeyStore(tmp_path)
+        assert again.ensure().kid == kid
+        assert not (keys_dir / ".lock").exists()
+    finally:
+        keys_dir.chmod(0o700)

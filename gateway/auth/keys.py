@@ -267,6 +267,9 @@ class KeyStore:
     def ensure(self, algorithm: str = "ES256") -> SigningKey:
         """Create the first key if there is none; return the newest."""
         _check_algorithm(algorithm)
+        if self._loaded():
+            # Keys exist: no lock needed, so a read-only key folder (a mounted secret) works.
+            return self.current()
         with self._locked():
             if not self._keys:
                 self._create(algorithm)
