@@ -97,6 +97,37 @@ class Repository:
 
 
 @dataclass(frozen=True, slots=True)
+class _ImageConfig:
+    """The parts of an image config the catalog shows; shared by every image built from it."""
+
+    os: str
+    architecture: str
+    variant: str
+    created: str | None
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    labels: tuple[tuple[str, str], ...]
+    env_names: tuple[str, ...]  # names only: values may be secrets
+
+    @classmethod
+    def read(cls, config: dict[str, Any]) -> _ImageConfig:
+        inner = config.get("config") or {}
+        return cls(
+            os=str(config.get("os", "")),
+            architecture=str(config.get("architecture", "")),
+            variant=str(config.get("variant", "")),
+            created=_timestamp(config.get("created")),
+            entrypoint=tuple(str(a) for a in inner.get("Entrypoint") or ()),
+            cmd=tuple(str(a) for a in inner.get("Cmd") or ()),
+            labels=tuple(sorted((str(k), str(v)) for k, v in (inner.get("Labels") or {}).items())),
+            env_names=tuple(sorted({str(e).partition("=")[0] for e in inner.get("Env") or []})),
+        )
+
+
+_NO_CONFIG = _ImageConfig("", "", "", None, (), (), (), ())
+
+
+@dataclass(frozen=True, slots=True)
 class IndexStatus:
     built: bool
     last_refresh: float | None
@@ -113,7 +144,8 @@ class CatalogIndex:
         self.client = client
         self.repositories: dict[str, Repository] = {}
         self._manifests: dict[str, Manifest] = {}  # by digest, shared
-        self._configs: dict[str, dict[str, Any]] = {}  # image configs by digest
+        self._configs: dict[str, _ImageConfig] = {}  # by config digest, shared
+        self._layer_lists: dict[tuple[Layer, ...], tuple[Layer, ...]] = {}
         self._semaphore = asyncio.Semaphore(concurrency)
         self.generation = 0  # bumped on every change, for caches keyed on the index
         self.last_refresh: float | None = None
@@ -156,6 +188,8 @@ class CatalogIndex:
                 repositories[repo.name] = repo
         used = {m.digest for r in repositories.values() for m in r.tags.values()}
         self._manifests = {d: m for d, m in self._manifests.items() if d in used}
+        # Platforms keep what they need; new images start sharing afresh.
+        self._configs, self._layer_lists = {}, {}
         self.repositories = repositories
         self.generation += 1
         self.built = True
@@ -254,38 +288,44 @@ class CatalogIndex:
     ) -> Platform:
         config_ref = body.get("config") or {}
         config = await self._config(repository, config_ref.get("digest", ""))
-        layers = tuple(
-            Layer(
-                sys.intern(layer.get("digest", "")),
-                int(layer.get("size", 0)),
-                sys.intern(layer.get("mediaType", "")),
+        layers = self._shared(
+            tuple(
+                Layer(
+                    sys.intern(layer.get("digest", "")),
+                    int(layer.get("size", 0)),
+                    sys.intern(layer.get("mediaType", "")),
+                )
+                for layer in body.get("layers") or []
             )
-            for layer in body.get("layers") or []
         )
-        inner = config.get("config") or {}
-        env = tuple(sorted({item.partition("=")[0] for item in inner.get("Env") or []}))
-        labels = tuple(sorted((str(k), str(v)) for k, v in (inner.get("Labels") or {}).items()))
         return Platform(
-            os=platform.get("os") or config.get("os", ""),
-            architecture=platform.get("architecture") or config.get("architecture", ""),
-            variant=platform.get("variant") or config.get("variant", ""),
+            os=sys.intern(platform.get("os") or config.os),
+            architecture=sys.intern(platform.get("architecture") or config.architecture),
+            variant=sys.intern(platform.get("variant") or config.variant),
             digest=sys.intern(digest),
             size=int(config_ref.get("size", 0)) + sum(layer.size for layer in layers),
-            created=_timestamp(config.get("created")),
+            created=config.created,
             layers=layers,
-            entrypoint=tuple(inner.get("Entrypoint") or ()),
-            cmd=tuple(inner.get("Cmd") or ()),
-            labels=labels,
-            env_names=env,
+            entrypoint=config.entrypoint,
+            cmd=config.cmd,
+            labels=config.labels,
+            env_names=config.env_names,
         )
 
-    async def _config(self, repository: str, digest: str) -> dict[str, Any]:
+    def _shared(self, layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+        """One tuple for equal layer lists: images built from one base share them."""
+        return self._layer_lists.setdefault(layers, layers)
+
+    async def _config(self, repository: str, digest: str) -> _ImageConfig:
+        """What the index keeps of an image config (not the config itself), read once."""
         if not digest:
-            return {}
-        if digest not in self._configs:
+            return _NO_CONFIG
+        found = self._configs.get(digest)
+        if found is None:
             async with self._semaphore:
-                self._configs[digest] = await self.client.blob_json(repository, digest) or {}
-        return self._configs[digest]
+                data = await self.client.blob_json(repository, digest) or {}
+            found = self._configs[digest] = _ImageConfig.read(data)
+        return found
 
     # -- notifications -----------------------------------------------------------------
 
