@@ -288,6 +288,14 @@ FIELDS: tuple[Field, ...] = (
         _int(0, 1_000_000),
         "failed sign-ins from one client address within lockout_window that lock it (0: never)",
     ),
+    Field(
+        "redis_url",
+        None,
+        _optional(_secret),
+        "redis://HOST:PORT/DB shared by replicas for lockout counts (env or file only: it may "
+        "hold a password); without it counts are per process",
+        flag=False,
+    ),
     Field("lockout_window", 300.0, _duration, "the sliding window failures are counted in"),
     Field("lockout_duration", 300.0, _duration, "how long a locked user name or address waits"),
     Field(
@@ -341,6 +349,7 @@ class Settings:
     public_url: str
     workers: int
     forwarded_allow_ips: str
+    redis_url: Secret | None
     drain_seconds: float
     key_algorithm: str
     audit_log: str

@@ -1,1 +1,1 @@
-pytest_plugins = ["support.fixtures"]
+pytest_plugins = ["support.fixtures", "support.redis"]

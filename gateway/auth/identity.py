@@ -153,6 +153,20 @@ def throttle_for(settings: Settings) -> Throttle:
             backoff=settings.lockout_backoff,
         )
 
+    if settings.redis_url:
+        # Shared by every replica: a lockout holds whichever replica the attacker reaches.
+        import redis.asyncio as aioredis
+
+        from gateway.auth.redislockout import RedisFailureCounter
+
+        client = aioredis.from_url(
+            settings.redis_url.reveal(), socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        prefix = f"registry-gateway:{settings.service}:"
+        return Throttle(
+            RedisFailureCounter(client, rules(settings.lockout_failures), prefix),
+            RedisFailureCounter(client, rules(settings.lockout_address_failures), prefix),
+        )
     return Throttle(
         MemoryFailureCounter(rules(settings.lockout_failures)),
         MemoryFailureCounter(rules(settings.lockout_address_failures)),
