@@ -9,7 +9,6 @@ import httpx
 from support.gateway import PASSWORDS, start_gateway
 from support.redis import RedisServer
 
-
 LOCKOUT = [
     "--lockout-failures",
     "3",
