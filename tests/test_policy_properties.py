@@ -1,0 +1,277 @@
+"""Properties of the policy engine over generated policies, read through the YAML loader.
+
+Expectations are computed from the generated data (`policygen.PolicySpec`) with a matcher of
+our own, not by asking the engine, so a mistake shared by loader and engine still shows.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+from collections.abc import Callable, Iterable
+
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from gateway.policy.engine import Engine
+from gateway.policy.load import load_texts
+from gateway.policy.model import REPOSITORY_ACTIONS, Subject
+
+from policygen import ROLE_KEYS, PolicySpec, generate_spec, make_grant, render
+
+Outcome = dict[tuple[Subject, str], tuple[str, ...]]
+
+PROPERTY = settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+UNKNOWN_USER = "nobody-here"
+ACTIONS = frozenset({"pull", "push", "delete"})
+ASKED = (*REPOSITORY_ACTIONS, "*")
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> PolicySpec:
+    """A small policy: a few users, robots, teams, namespaces, grants and restrictions."""
+    rng = draw(st.randoms(use_true_random=False))
+    return generate_spec(
+        rng,
+        users=draw(st.integers(1, 5)),
+        teams=draw(st.integers(1, 3)),
+        namespaces=draw(st.integers(1, 4)),
+        grants=draw(st.integers(0, 8)),
+        robots=draw(st.integers(0, 2)),
+        restrictions=draw(st.integers(0, 3)),
+        wildcards=draw(st.sampled_from((0.0, 0.1, 0.3))),
+    )
+
+
+def engine_for(texts: dict[str, str]) -> Engine:
+    """The engine of a policy given as YAML texts, which a failing example then shows."""
+    for name, text in sorted(texts.items()):
+        note(f"--- {name}\n{text}")
+    return Engine(load_texts(texts).policy)
+
+
+# -- an independent reading of the spec ----------------------------------------------------
+
+
+def glob_matches(pattern: str, repository: str) -> bool:
+    """`*` within one component, `**` any number of components (at least one at the end)."""
+    return _match(pattern.split("/"), repository.split("/"))
+
+
+def _match(pattern: list[str], parts: list[str]) -> bool:
+    if not pattern:
+        return not parts
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        least = 0 if rest else 1
+        return any(_match(rest, parts[i:]) for i in range(least, len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _match(rest, parts[1:])
+
+
+def principals_of(spec: PolicySpec, subject: Subject) -> set[str]:
+    """Every name a rule may use to reach the subject, from the spec alone."""
+    me = f"{subject.kind}:{subject.name}"
+    known = (subject.kind == "user" and subject.name in spec.users) or (
+        subject.kind == "robot" and subject.name in spec.robots
+    )
+    if not known:
+        return {"anonymous"}
+    found = {"anonymous", "authenticated", me}
+    groups = {group.lower() for group in subject.groups}
+    for name, team in spec.teams.items():
+        if any(spec.resolve(m) == me for key in ROLE_KEYS for m in team.get(key, ())):
+            found.add(f"team:{name}")
+        if groups & {dn_of(entry).lower() for entry in team.get("ldap_groups", ())}:
+            found.add(f"team:{name}")
+    return found
+
+
+def dn_of(entry: str | dict[str, str]) -> str:
+    return entry if isinstance(entry, str) else entry["group"]
+
+
+def all_groups(spec: PolicySpec) -> frozenset[str]:
+    """Every directory group the teams map, upper-cased (the engine must ignore case)."""
+    return frozenset(
+        dn_of(entry).upper()
+        for team in spec.teams.values()
+        for entry in team.get("ldap_groups", ())
+    )
+
+
+def rule_actions(rule: dict) -> set[str]:
+    if "role" in rule:
+        return {"owner": set(ACTIONS), "contributor": {"pull", "push"}, "viewer": {"pull"}}[
+            rule["role"]
+        ]
+    return set(ACTIONS) if "*" in rule["actions"] else set(rule["actions"])
+
+
+def reaches(spec: PolicySpec, rule_subjects: Iterable[str], principals: set[str]) -> bool:
+    return any(spec.resolve(text) in principals for text in rule_subjects)
+
+
+def anonymous_may_pull(spec: PolicySpec, repository: str) -> bool:
+    """Pull without signing in: a public namespace or an anonymous grant, unless restricted."""
+    namespace, slash, _ = repository.partition("/")
+    if slash:
+        public = spec.namespaces.get(namespace, {}).get("visibility") == "public"
+    else:
+        public = spec.settings["global_namespace"] == "public"
+    granted = any(
+        "anonymous" in grant["to"]
+        and "pull" in rule_actions(grant)
+        and any(glob_matches(p, repository) for p in grant["repositories"])
+        for grant in spec.grants
+    )
+    restricted = any(
+        "pull" in rule_actions(r)
+        and "anonymous" not in r["only"]
+        and any(glob_matches(p, repository) for p in r["repositories"])
+        for r in spec.restrictions
+    )
+    return (public or granted) and not restricted
+
+
+# -- what to ask -----------------------------------------------------------------------------
+
+
+def instances(pattern: str) -> set[str]:
+    """Repository names a pattern matches: `*` as `x` and `x-y`, `**` as zero to two parts."""
+    names = {""}
+    for i, segment in enumerate(pattern.split("/")):
+        if segment == "**":
+            choices = ["d", "d/e"] if i == len(pattern.split("/")) - 1 else ["", "d", "d/e"]
+        else:
+            choices = sorted({segment.replace("*", "x"), segment.replace("*", "x-y")})
+        names = {f"{n}/{c}".strip("/") if c else n for n in names for c in choices}
+    return {n for n in names if n}
+
+
+def probe_repositories(spec: PolicySpec) -> list[str]:
+    names = {"alpine", "unknown-ns/app", "unknown-ns/prod/api", "a/b/c/d"}
+    for namespace in [*spec.namespaces, *spec.users]:
+        names.update({namespace, f"{namespace}/app", f"{namespace}/prod/api", f"{namespace}/x/y"})
+    for rule in [*spec.grants, *spec.restrictions]:
+        for pattern in rule["repositories"]:
+            names.update(instances(pattern))
+    return sorted(names)
+
+
+def probe_subjects(spec: PolicySpec) -> list[Subject]:
+    subjects = [Subject("anonymous"), Subject("user", UNKNOWN_USER)]
+    subjects += [Subject("user", name) for name in spec.users]
+    subjects += [Subject("robot", name) for name in spec.robots]
+    # Names that exist, but as something else: a robot's name as a user, and so on.
+    subjects += [Subject("user", name) for name in list(spec.robots)[:1]]
+    subjects += [Subject("robot", name) for name in list(spec.users)[:1]]
+    subjects += [Subject("user", name) for name in list(spec.namespaces)[:1]]
+    # Signed in through the directory: a user with every mapped group, and a stranger with them.
+    subjects += [Subject("user", name, all_groups(spec)) for name in list(spec.users)[-1:]]
+    subjects += [Subject("user", UNKNOWN_USER, all_groups(spec))]
+    return subjects
+
+
+def outcomes(engine: Engine, spec: PolicySpec) -> Outcome:
+    """The granted actions for every probe subject and repository."""
+    return {
+        (subject, repository): engine.decide(subject, "repository", repository, ASKED).granted
+        for subject in probe_subjects(spec)
+        for repository in probe_repositories(spec)
+    }
+
+
+def differences(
+    before: Outcome, after: Outcome, keep: Callable[[set[str], set[str]], bool]
+) -> list[str]:
+    """Each probe whose granted actions changed in a way `keep(old, new)` rejects."""
+    return [
+        f"{subject} on {repository}: {old} -> {after[subject, repository]}"
+        for (subject, repository), old in before.items()
+        if not keep(set(old), set(after[subject, repository]))
+    ]
+
+
+# -- properties ----------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(spec=specs(), layout=st.randoms(use_true_random=False), files=st.integers(1, 4))
+def test_order_of_rules_members_and_files_never_matters(
+    spec: PolicySpec, layout: random.Random, files: int
+) -> None:
+    engine = engine_for(render(spec))
+    shuffled = Engine(load_texts(render(spec, layout, files=files)).policy)
+    for subject in probe_subjects(spec):
+        for repository in probe_repositories(spec):
+            one = engine.decide(subject, "repository", repository, ASKED)
+            two = shuffled.decide(subject, "repository", repository, ASKED)
+            assert one.granted == two.granted, (subject, repository)
+            # Reason texts list patterns in the order written, so compare how many there are.
+            assert [len(a.reasons) for a in one.actions] == [len(b.reasons) for b in two.actions]
+            assert ("*" in one.granted) == (set(one.granted) >= ACTIONS)
+
+
+@PROPERTY
+@given(spec=specs())
+def test_a_restriction_beats_every_grant_and_admin(spec: PolicySpec) -> None:
+    engine = engine_for(render(spec))
+    for subject in probe_subjects(spec):
+        principals = principals_of(spec, subject)
+        for repository in probe_repositories(spec):
+            reserved = set()
+            for restriction in spec.restrictions:
+                if not reaches(spec, restriction["only"], principals) and any(
+                    glob_matches(p, repository) for p in restriction["repositories"]
+                ):
+                    reserved |= rule_actions(restriction)
+            granted = engine.decide(subject, "repository", repository, REPOSITORY_ACTIONS).granted
+            assert not reserved & set(granted), (subject, repository, granted)
+
+
+@PROPERTY
+@given(spec=specs(), extra=st.randoms(use_true_random=False))
+def test_adding_a_grant_never_removes_access(spec: PolicySpec, extra: random.Random) -> None:
+    before = outcomes(engine_for(render(spec)), spec)
+    wider = spec.copy()
+    wider.grants.append(make_grant(extra, wider))
+    note(f"added grant: {wider.grants[-1]}")
+    after = outcomes(Engine(load_texts(render(wider)).policy), spec)
+    assert differences(before, after, lambda old, new: old <= new) == []
+
+
+@PROPERTY
+@given(spec=specs(), pick=st.randoms(use_true_random=False))
+def test_removing_a_team_member_never_adds_access(spec: PolicySpec, pick: random.Random) -> None:
+    before = outcomes(engine_for(render(spec)), spec)
+    narrower = spec.copy()
+    team = narrower.teams[pick.choice(sorted(narrower.teams))]
+    key = pick.choice([k for k in ROLE_KEYS if team.get(k)])
+    team[key].remove(member := pick.choice(team[key]))
+    note(f"removed {member} from the {key} of a team")
+    after = outcomes(Engine(load_texts(render(narrower)).policy), spec)
+    assert differences(before, after, lambda old, new: new <= old) == []
+
+
+@PROPERTY
+@given(spec=specs())
+def test_unknown_and_anonymous_subjects_pull_only_what_is_public(spec: PolicySpec) -> None:
+    engine = engine_for(render(spec))
+    strangers = [
+        Subject("anonymous"),
+        Subject("user", UNKNOWN_USER),
+        Subject("user", UNKNOWN_USER, all_groups(spec)),
+        *[Subject("user", name) for name in [*spec.namespaces, *spec.robots]],
+        *[Subject("robot", name) for name in spec.users],
+    ]
+    for repository in probe_repositories(spec):
+        expected = ("pull",) if anonymous_may_pull(spec, repository) else ()
+        for subject in strangers:
+            granted = engine.decide(subject, "repository", repository, REPOSITORY_ACTIONS).granted
+            assert granted == expected, (subject, repository)
+    for subject in strangers:
+        assert engine.decide(subject, "registry", "catalog", ["*"]).granted == ()
