@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from gateway.policy._utils import no_cyclic_gc
 from gateway.policy.model import (
     ANONYMOUS,
     AUTHENTICATED,
@@ -102,6 +103,10 @@ class Engine:
     """A policy compiled for fast decisions. Immutable once built; safe to share."""
 
     def __init__(self, policy: Policy) -> None:
+        with no_cyclic_gc():
+            self._compile(policy)
+
+    def _compile(self, policy: Policy) -> None:
         self.policy = policy
         self.revision = policy.revision
         self._grants: dict[Principal, _Bucket] = defaultdict(_Bucket)

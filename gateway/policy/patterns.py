@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from functools import lru_cache
 
 # The distribution grammar for one path component, with '*' allowed as a wildcard.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
@@ -32,20 +32,39 @@ def namespace_of(repository: str) -> str:
     return head if sep else ""
 
 
-@dataclass(frozen=True, slots=True)
 class Pattern:
-    """A compiled repository pattern."""
+    """A validated repository pattern. A literal name matches by comparison; a wildcard
+    pattern compiles its regular expression on first use (a large policy has tens of
+    thousands of patterns, most of which a given gateway never needs to match)."""
 
-    text: str
-    regex: re.Pattern[str]
-    prefix: str | None  # the literal first component, when there is one (for indexing)
+    __slots__ = ("_compiled", "_source", "prefix", "text")
+
+    def __init__(self, text: str, source: str, prefix: str | None) -> None:
+        self.text = text
+        self.prefix = prefix  # the literal first component, when there is one (for indexing)
+        self._source = source
+        self._compiled: re.Pattern[str] | None = None
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        if self._compiled is None:
+            self._compiled = re.compile(self._source)
+        return self._compiled
 
     def matches(self, repository: str) -> bool:
+        if "*" not in self.text:
+            return repository == self.text
         return self.regex.fullmatch(repository) is not None
 
+    def __repr__(self) -> str:
+        return f"Pattern({self.text!r})"
 
+
+@lru_cache(maxsize=65536)
 def compile_pattern(text: str) -> Pattern:
-    """Compile a pattern such as `platform/*`, `team/**/cache` or `**`; PatternError if invalid."""
+    """Validate a pattern such as `platform/*`, `team/**/cache` or `**`; PatternError if invalid.
+
+    Cached: the loader validates every pattern and the engine then reuses the same objects."""
     if not isinstance(text, str) or not text:
         raise PatternError("a repository pattern must be a non-empty string")
     if len(text) > MAX_NAME:
@@ -87,4 +106,4 @@ def compile_pattern(text: str) -> Pattern:
         parts.append(sep + body)
     first = segments[0]
     prefix = first if "*" not in first else None
-    return Pattern(text, re.compile("".join(parts)), prefix)
+    return Pattern(text, "".join(parts), prefix)

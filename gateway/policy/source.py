@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import threading
 import time
@@ -136,6 +137,10 @@ class PolicySource:
                 log.warning("%s", warning, extra={"event": "policy_warning"})
             previous = self.engine.revision if self.engine else None
             self.engine = engine
+            # Keep the live policy's objects out of every later collection: scanning them
+            # took 130 ms per full collection on a large policy, straight into token p99.
+            gc.collect()
+            gc.freeze()
             self._loaded_at = time.time()
             self._last_error = None
             self._reloads += 1
