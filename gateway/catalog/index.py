@@ -146,6 +146,7 @@ class CatalogIndex:
         self._manifests: dict[str, Manifest] = {}  # by digest, shared
         self._configs: dict[str, _ImageConfig] = {}  # by config digest, shared
         self._layer_lists: dict[tuple[Layer, ...], tuple[Layer, ...]] = {}
+        self.concurrency = concurrency
         self._semaphore = asyncio.Semaphore(concurrency)
         self.generation = 0  # bumped on every change, for caches keyed on the index
         self.last_refresh: float | None = None
@@ -173,7 +174,7 @@ class CatalogIndex:
         started = time.perf_counter()
         try:
             names = await self.client.repositories()
-            fresh = await asyncio.gather(*(self._load_repository(n) for n in names))
+            fresh = await self._load_all(names)
         except RegistryError as exc:
             self.last_error = str(exc)
             log.warning(
@@ -204,6 +205,26 @@ class CatalogIndex:
             extra={"event": "catalog_refreshed"},
         )
         return True
+
+    async def _load_all(self, names: list[str]) -> list[Repository]:
+        """Every repository, a few at a time: a task per tag of every repository at once
+        would hold far more memory than the index itself."""
+        found: list[Repository | None] = [None] * len(names)
+        todo = iter(enumerate(names))
+
+        async def worker() -> None:
+            for i, name in todo:  # one iterator shared by the workers
+                found[i] = await self._load_repository(name)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        return [repo for repo in found if repo is not None]
 
     async def update_repository(self, name: str, *, pushed_at: str | None = None) -> None:
         """Re-read one repository now (a notification said it changed).
