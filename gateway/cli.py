@@ -67,6 +67,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from gateway.policy.diff import diff_policies, render_json, render_markdown
+    from gateway.policy.gitread import PolicyReadError, load_revisions
+
+    try:
+        old, new = load_revisions(
+            args.rev_a, args.rev_b, policies=args.policies, repository=args.repo
+        )
+    except PolicyReadError as exc:
+        print(f"registry-gateway diff: {exc}", file=sys.stderr)
+        return exc.status
+    result = diff_policies(old, new)
+    print(render_json(result) if args.format == "json" else render_markdown(result))
+    return 3 if args.exit_code and result.changed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="registry-gateway",
@@ -105,6 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--format", choices=("text", "json"), default="text")
     _policies_arg(explain)
     explain.set_defaults(func=cmd_explain)
+
+    diff = sub.add_parser(
+        "diff",
+        help="show who gains or loses which access between two git revisions of the policy",
+        description=(
+            "Read the policy directory at two git revisions (REV_B may be WORKTREE: the files on "
+            "disk) and print the change in effective access: admin, user, robot, visibility and "
+            "restriction changes first, then each subject's and team's actions gained and lost "
+            "per namespace or pattern. A relative --policies is taken from the current directory "
+            "inside the work tree, else from its root. Exit status 0 (3 with --exit-code when "
+            "anything changed), 1 when a revision's policy is invalid, 2 for a bad revision."
+        ),
+        epilog="example: registry-gateway diff --format markdown origin/main HEAD",
+    )
+    diff.add_argument("rev_a", metavar="REV_A", help="the revision before, e.g. origin/main")
+    diff.add_argument("rev_b", metavar="REV_B", help="the revision after, e.g. HEAD or WORKTREE")
+    diff.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    diff.add_argument("--repo", metavar="DIR", default=".", help="a directory in the repository")
+    diff.add_argument("--exit-code", action="store_true", help="exit 3 when anything changed")
+    _policies_arg(diff)
+    diff.set_defaults(func=cmd_diff)
 
     from gateway import commands
     from gateway.config import add_flags

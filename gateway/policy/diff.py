@@ -1,0 +1,959 @@
+"""The permission diff: who gains or loses which actions where, between two policies.
+
+Effective access, not text. Both policies are compiled into engines and asked the same
+questions: what may each subject (every user and robot of either policy, `anonymous`, a
+signed-in user with no rights of its own, and a member of each team in each role) do on a
+set of probe repositories. The answers that differ are grouped back to the namespaces and
+patterns that explain them. docs/gitops.md describes the output.
+
+Probes: `ns/P` and `ns/P/P` for every namespace (personal ones included), `P` for the
+global namespace, and every grant and restriction pattern with `*` replaced by `P` and `**`
+by zero (where it may match none), one and two components; a restriction pattern that
+starts with a wildcard is also tried in every declared namespace. `P` is a component that
+no pattern names, so `ns/P` stands for "any other repository in ns".
+
+Reporting: each change is reported once, by the most general subject that has it: a change
+anonymous callers get is not repeated for signed-in users, nor one that every signed-in user
+gets for each user, nor one a team's members get for a member whose role did not change.
+
+Work: see `_Differ`. Each subject is asked only about probes whose rules changed and that
+name it or its teams, and answers are shared between subjects alike to a probe's rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.policy.engine import Engine
+from gateway.policy.model import (
+    ANONYMOUS_SUBJECT,
+    REPOSITORY_ACTIONS,
+    Policy,
+    Role,
+    Subject,
+    Visibility,
+    stronger,
+)
+from gateway.policy.patterns import Pattern, compile_pattern, is_repository_name, namespace_of
+
+SCHEMA = 1
+OTHER = "<other>"  # in labels: any namespace that neither policy declares
+SIGNED_IN = "@signed-in"  # the synthetic user's name; '@' keeps it from clashing with a real one
+ROLES = (Role.OWNER, Role.CONTRIBUTOR, Role.VIEWER)
+_NONE: frozenset[str] = frozenset()
+_MAX_EXCEPTIONS = 3
+_SLACK = 64  # how many more probes than changed ones a group may have and still be tried
+_MAX_ROWS = 60  # Markdown items, rows and teams shown before "... and N more"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Actions gained and lost on the repositories a pattern names, minus `exceptions`."""
+
+    repositories: str
+    gained: tuple[str, ...]
+    lost: tuple[str, ...]
+    exceptions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectChange:
+    """One subject's change. `subject` is `user:NAME`, `robot:NAME`, `anonymous` or
+    `authenticated` (any signed-in user). For an added or removed user or robot, `access` is
+    what it has beyond any signed-in user (gained when added, lost when removed)."""
+
+    subject: str
+    status: str  # "added" | "removed" | "changed"
+    access: tuple[Change, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TeamChange:
+    """A team's membership, directory groups, namespaces and its members' access."""
+
+    team: str
+    status: str  # "added" | "removed" | "changed"
+    joined: tuple[tuple[str, str], ...] = ()  # (member, role)
+    left: tuple[tuple[str, str], ...] = ()
+    roles_changed: tuple[tuple[str, str, str], ...] = ()  # (member, before, after)
+    ldap_joined: tuple[tuple[str, str], ...] = ()  # (group DN, role)
+    ldap_left: tuple[tuple[str, str], ...] = ()
+    ldap_roles_changed: tuple[tuple[str, str, str], ...] = ()
+    owns_added: tuple[str, ...] = ()
+    owns_removed: tuple[str, ...] = ()
+    # (roles, change): what a member with only this team's role gets; roles is ("members",)
+    # when the change is the same for every role someone in the team holds
+    access: tuple[tuple[tuple[str, ...], Change], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something a reviewer must see first.
+
+    kind: admin, user, robot, visibility, anonymous-pull, restriction or settings.
+    change: added, removed or changed (anonymous-pull: gained or lost).
+    """
+
+    kind: str
+    name: str  # a subject, namespace, setting, or the patterns of a rule
+    change: str
+    before: str | None = None
+    after: str | None = None
+    exceptions: tuple[str, ...] = ()  # anonymous-pull: repositories the change leaves out
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDiff:
+    old_revision: str
+    new_revision: str
+    attention: tuple[Notice, ...]
+    subjects: tuple[SubjectChange, ...]
+    teams: tuple[TeamChange, ...]
+
+    @property
+    def access_changed(self) -> bool:
+        """Whether anyone's effective access differs."""
+        return any(s.access for s in self.subjects) or any(t.access for t in self.teams)
+
+    @property
+    def changed(self) -> bool:
+        """Whether the diff reports anything at all."""
+        return bool(self.attention or self.subjects or self.teams)
+
+
+def diff_policies(old: Policy, new: Policy) -> PolicyDiff:
+    """What changes in effective access from `old` to `new`."""
+    return _Differ(old, new).diff()
+
+
+# -- probes ------------------------------------------------------------------------------
+
+
+def _pattern_texts(policy: Policy) -> Iterable[str]:
+    for rule in (*policy.grants, *policy.restrictions):
+        yield from rule.repositories
+
+
+def _choose_token(policies: tuple[Policy, Policy]) -> str:
+    """A path component that no pattern, namespace, user or robot name singles out."""
+    literals: set[str] = set()
+    segments: set[str] = set()
+    for policy in policies:
+        literals.update(policy.namespaces, policy.users, policy.robots)
+        for text in _pattern_texts(policy):
+            segments.update(text.split("/"))
+    literals.update(s for s in segments if "*" not in s)
+    globs = [compile_pattern(s) for s in segments if "*" in s and s not in ("*", "**")]
+    for i in itertools.count():
+        token = "zz-probe" if i == 0 else f"zz-probe-{i}"
+        if token not in literals and not any(glob.matches(token) for glob in globs):
+            return token
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _instances(segments: list[str], token: str) -> list[str]:
+    """Concrete names for a pattern: `*` is the token, `**` zero (if allowed), one, two."""
+    last = len(segments) - 1
+    options: list[list[list[str]]] = []
+    for i, segment in enumerate(segments):
+        if segment == "**":
+            counts = (1, 2) if i == last else (0, 1, 2)
+            options.append([[token] * n for n in counts])
+        else:
+            options.append([[segment.replace("*", token)]])
+    names = (
+        "/".join(part for parts in combo for part in parts) for combo in itertools.product(*options)
+    )
+    return [name for name in dict.fromkeys(names) if is_repository_name(name)]
+
+
+class _Probes:
+    """Probe repositories, the groups (namespaces, patterns) they stand for, and their rules."""
+
+    def __init__(self, old: Policy, new: Policy) -> None:
+        self.token = _choose_token((old, new))
+        self.names: list[str] = []
+        self.ids: dict[str, int] = {}
+        self.own: dict[str, set[int]] = defaultdict(set)  # group label -> its instances
+        token = self.token
+        namespaces = sorted(set(old.namespaces) | set(new.namespaces))
+        for ns in namespaces:
+            for name in (f"{ns}/{token}", f"{ns}/{token}/{token}"):
+                self.add(name, f"{ns}/**")
+        self.add(token, "*")
+        self.add(f"{token}/{token}", OTHER + "/**")
+        self.add(f"{token}/{token}/{token}", OTHER + "/**")
+        self.own["**"] |= {self.ids[token], self.ids[f"{token}/{token}"]}
+        declared = [n for n in namespaces if not _is_personal(n, old, new)]
+        texts = sorted({*_pattern_texts(old), *_pattern_texts(new)})
+        for text in texts:
+            for name in _instances(text.split("/"), token):
+                self.add(name, text)
+        wild_restrictions = {
+            text
+            for policy in (old, new)
+            for restriction in policy.restrictions
+            for text in restriction.repositories
+            if "*" in text.split("/")[0]
+        }
+        for text in sorted(wild_restrictions):
+            first, *rest = text.split("/")
+            head = compile_pattern(first) if first != "**" else None
+            for ns in declared:
+                if head is not None and not head.matches(ns):
+                    continue
+                heads = [[ns], [ns, token]] if first == "**" else [[ns]]
+                for prefix in heads:
+                    for name in _instances(prefix + rest, token):
+                        self.add(name, None)
+        buckets: dict[str | None, list[Pattern]] = defaultdict(list)
+        for text in texts:
+            if "*" in text:  # a literal pattern matches its own name only: no regex needed
+                pattern = compile_pattern(text)
+                buckets[pattern.prefix].append(pattern)
+        self.members: dict[str, set[int]] = defaultdict(set)  # group label -> matching probes
+        literal = {text for text in texts if "*" not in text}
+        self.matched = [_match(buckets, literal, name) for name in self.names]
+        self._candidates: dict[int, list[str]] = {}
+        for pid, texts_ in enumerate(self.matched):
+            self.members["**"].add(pid)
+            self.members[self.namespace_label(pid)].add(pid)
+            for text in texts_:
+                self.members[text].add(pid)
+
+    def add(self, name: str, label: str | None) -> None:
+        pid = self.ids.get(name)
+        if pid is None:
+            pid = self.ids[name] = len(self.names)
+            self.names.append(name)
+        if label is not None:
+            self.own[label].add(pid)
+
+    def namespace_label(self, pid: int) -> str:
+        ns = namespace_of(self.names[pid])
+        return "*" if not ns else f"{OTHER if ns == self.token else ns}/**"
+
+    def display(self, pid: int) -> str:
+        """A probe in pattern syntax: the token shows as `*`, or `<other>` as a namespace."""
+        head, sep, tail = self.names[pid].partition("/")
+        if sep and head == self.token:
+            head = OTHER
+        return (head + sep + tail).replace(self.token, "*")
+
+    def candidates(self, pid: int) -> list[str]:
+        """Groups a probe belongs to, most general first."""
+        found = self._candidates.get(pid)
+        if found is None:
+            labels = ["**", self.namespace_label(pid)]
+            patterns = sorted(self.matched[pid], key=lambda t: (-len(self.members[t]), t))
+            found = self._candidates[pid] = list(dict.fromkeys(labels + patterns))
+        return found
+
+
+def _match(buckets: Mapping[str | None, list[Pattern]], literal: set[str], name: str) -> list[str]:
+    """The texts of the patterns that match a repository name."""
+    head = name.partition("/")[0]
+    found = [name] if name in literal else []
+    found.extend(p.text for p in buckets.get(head, ()) if p.matches(name))
+    found.extend(p.text for p in buckets.get(None, ()) if p.matches(name))
+    return found
+
+
+def _is_personal(ns: str, old: Policy, new: Policy) -> bool:
+    return any(p.namespaces.get(ns) is not None and p.namespaces[ns].personal for p in (old, new))
+
+
+# -- evaluating subjects -----------------------------------------------------------------
+
+
+def _augment(policy: Policy) -> Policy:
+    """The policy plus one directory group per team and role, for a member with nothing else."""
+    teams = {
+        name: dataclasses.replace(
+            team, ldap_groups=team.ldap_groups + tuple((_group(name, r), r) for r in ROLES)
+        )
+        for name, team in policy.teams.items()
+    }
+    return dataclasses.replace(policy, teams=teams)
+
+
+def _group(team: str, role: Role) -> str:
+    return f"@team:{team}:{role.value}"
+
+
+def _signed_in(*groups: str) -> Subject:
+    """A directory user the policy does not name: any signed-in user, plus `groups`."""
+    return Subject("user", SIGNED_IN, frozenset(groups), directory=True)
+
+
+_Delta = tuple[frozenset[str], frozenset[str]]  # gained, lost
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What one policy's decisions on one probe depend on, besides the subject."""
+
+    ns_teams: tuple[str, ...]  # the teams owning the probe's namespace
+    personal: str | None  # the owner, when the probe is in a personal namespace
+    named: frozenset[str]  # principals named by the grants and restrictions that match
+
+
+@dataclass(frozen=True, slots=True)
+class _Who:
+    """A subject and, per policy, everything its decisions depend on."""
+
+    subject: Subject
+    known: tuple[bool, bool]
+    admin: tuple[bool, bool]
+    teams: tuple[dict[str, Role], dict[str, Role]]
+    principals: tuple[frozenset[str], frozenset[str]]
+
+
+class _Differ:
+    """Asks both engines about subjects and probes, as few times as the answers need.
+
+    A decision on a probe depends only on the probe's namespace and matching rules, and on
+    the subject's admin flag, personal namespace, roles in the owning teams and which of the
+    rules' principals it has. Answers are shared between subjects alike in those, and a
+    probe whose namespace and rules are the same in both policies is asked about only for
+    subjects whose admin flag or team roles changed. `exhaustive` asks everything (tests).
+    """
+
+    def __init__(self, old: Policy, new: Policy, *, exhaustive: bool = False) -> None:
+        self.policies = (old, new)
+        self.engines = (Engine(_augment(old)), Engine(_augment(new)))
+        self.probes = probes = _Probes(old, new)
+        self.exhaustive = exhaustive
+        self.index: dict[str, set[int]] = defaultdict(set)  # principal -> probes naming it
+        self.changed: set[int] = set()
+        self.facts: tuple[list[_Facts], list[_Facts]] = ([], [])
+        rules = [_rules_by_pattern(policy) for policy in self.policies]
+        for pid, name in enumerate(probes.names):
+            contexts = []
+            for which, (grants, restrictions) in enumerate(rules):
+                ns_key, facts = _namespace_context(self.policies[which], name)
+                matched_grants = {g for t in probes.matched[pid] for g in grants.get(t, ())}
+                matched_restrictions = {
+                    r for t in probes.matched[pid] for r in restrictions.get(t, ())
+                }
+                named = frozenset().union(
+                    *(names for _, names in (*matched_grants, *matched_restrictions))
+                )
+                facts = dataclasses.replace(facts, named=named)
+                self.facts[which].append(facts)
+                for principal in (*named, *(f"team:{t}" for t in facts.ns_teams)):
+                    if ":" in principal:
+                        self.index[principal].add(pid)
+                if facts.personal:
+                    self.index[f"user:{facts.personal}"].add(pid)
+                contexts.append((ns_key, matched_grants, matched_restrictions))
+            if contexts[0] != contexts[1] or exhaustive:
+                self.changed.add(pid)
+        self._rights: dict[tuple[int, int, object], frozenset[str]] = {}
+        self.anonymous = self.deltas(self.who(ANONYMOUS_SUBJECT), self.changed)
+        self.signed_in = self.who(_signed_in())
+        self.baseline = self.deltas(self.signed_in, self.changed)
+        self.team_deltas: dict[tuple[str, Role], dict[int, _Delta]] = {}
+
+    def diff(self) -> PolicyDiff:
+        old, new = self.policies
+        subjects = self.subject_changes()
+        anonymous = next((s.access for s in subjects if s.subject == "anonymous"), ())
+        return PolicyDiff(
+            old.revision,
+            new.revision,
+            tuple(_attention(old, new, anonymous)),
+            tuple(subjects),
+            self.team_changes(),
+        )
+
+    # rights and deltas
+
+    def who(self, subject: Subject) -> _Who:
+        old, new = self.engines
+        teams = (old.teams_of(subject), new.teams_of(subject))
+        return _Who(
+            subject,
+            (old.known(subject), new.known(subject)),
+            (old.is_admin(subject), new.is_admin(subject)),
+            teams,
+            (
+                frozenset(map(str, old.principals(subject, teams[0]))),
+                frozenset(map(str, new.principals(subject, teams[1]))),
+            ),
+        )
+
+    def signature(self, which: int, who: _Who, pid: int) -> object:
+        """All that a decision on this probe under this policy depends on about `who`."""
+        facts = self.facts[which][pid]
+        subject = who.subject
+        return (
+            who.known[which],
+            who.admin[which],
+            subject.kind == "user" and subject.name == facts.personal,
+            tuple(who.teams[which].get(team) for team in facts.ns_teams),
+            facts.named & who.principals[which],
+        )
+
+    def rights(self, which: int, who: _Who, pid: int, signature: object = None) -> frozenset[str]:
+        """The actions `who` may take on a probe under one policy."""
+        if self.exhaustive:
+            signature = who.subject
+        elif signature is None:
+            signature = self.signature(which, who, pid)
+        found = self._rights.get((which, pid, signature))
+        if found is None:
+            answer = self.engines[which].repository_rights(who.subject, self.probes.names[pid])
+            found = frozenset(a for a, (ok, _) in answer.items() if ok)
+            self._rights[(which, pid, signature)] = found
+        return found
+
+    def deltas(self, who: _Who, pids: Iterable[int]) -> dict[int, _Delta]:
+        out = {}
+        for pid in pids:
+            old, new = self.signature(0, who, pid), self.signature(1, who, pid)
+            if old == new and pid not in self.changed:
+                continue  # same rules, and the subject stands the same to them
+            before, after = self.rights(0, who, pid, old), self.rights(1, who, pid, new)
+            if before != after:
+                out[pid] = (after - before, before - after)
+        return out
+
+    def relevant(self, principals: Iterable[str]) -> set[int]:
+        """Probes where subjects with these principals may differ from any signed-in user."""
+        if self.exhaustive:
+            return set(range(len(self.probes.names)))
+        out: set[int] = set()
+        for principal in principals:
+            out |= self.index.get(principal, set())
+        return out
+
+    # subjects
+
+    def subject_changes(self) -> list[SubjectChange]:
+        out = []
+        anonymous = self.anonymous
+        if anonymous:
+            out.append(SubjectChange("anonymous", "changed", self.group(anonymous)))
+        signed_in = _minus(self.baseline, anonymous.get)
+        if signed_in:
+            out.append(SubjectChange("authenticated", "changed", self.group(signed_in)))
+        old, new = self.policies
+        for kind in ("user", "robot"):
+            before = old.users if kind == "user" else old.robots
+            after = new.users if kind == "user" else new.robots
+            for name in sorted(set(before) | set(after)):
+                change = self.subject_change(Subject(kind, name), name in before, name in after)
+                if change is not None:
+                    out.append(change)
+        return out
+
+    def subject_change(self, subject: Subject, in_old: bool, in_new: bool) -> SubjectChange | None:
+        who = self.who(subject)
+        teams = who.teams
+        unchanged = in_old == in_new and who.admin[0] == who.admin[1] and teams[0] == teams[1]
+        if unchanged and not self.changed:
+            return None
+        principals = {str(subject.principal)} | {f"team:{t}" for t in (*teams[0], *teams[1])}
+        everywhere = any(who.admin)  # an admin differs from a signed-in user on every probe
+        pids = set(range(len(self.probes.names))) if everywhere else self.relevant(principals)
+        if in_old != in_new:  # added or removed: what it has beyond any signed-in user
+            which = 1 if in_new else 0
+            extra = {}
+            for pid in sorted(pids):
+                more = self.rights(which, who, pid) - self.rights(which, self.signed_in, pid)
+                if more:
+                    extra[pid] = (more, _NONE) if in_new else (_NONE, more)
+            status = "added" if in_new else "removed"
+            return SubjectChange(str(subject), status, self.group(extra))
+        if unchanged:
+            pids &= self.changed
+        same_role = [t for t, role in teams[0].items() if teams[1].get(t) == role]
+
+        def explained(pid: int) -> _Delta | None:
+            # Where a team's delta was not computed, it is the baseline's.
+            parts = [self.baseline.get(pid)]
+            parts += [self.team_delta(team, teams[0][team]).get(pid) for team in same_role]
+            found = [p for p in parts if p]
+            if not found:
+                return None
+            gained = frozenset().union(*(g for g, _ in found))
+            return gained, frozenset().union(*(lost for _, lost in found))
+
+        residual = _minus(self.deltas(who, sorted(pids)), explained)
+        if not residual:
+            return None
+        return SubjectChange(str(subject), "changed", self.group(residual))
+
+    def team_delta(self, team: str, role: Role) -> dict[int, _Delta]:
+        """How a member of `team` with `role` (and nothing else) is affected, by probe."""
+        key = (team, role)
+        if key not in self.team_deltas:
+            who = self.who(_signed_in(_group(team, role)))
+            pids = self.relevant([f"team:{team}"])
+            if all(team in p.teams for p in self.policies):
+                pids &= self.changed
+            self.team_deltas[key] = self.deltas(who, sorted(pids))
+        return self.team_deltas[key]
+
+    def team_changes(self) -> tuple[TeamChange, ...]:
+        old, new = self.policies
+        owned = (_owned(old), _owned(new))
+        out = []
+        for name in sorted(set(old.teams) | set(new.teams)):
+            held = {  # the roles someone holds; the others would be hypothetical
+                role
+                for team in (old.teams.get(name), new.teams.get(name))
+                if team is not None
+                for _, role in (*team.members, *team.ldap_groups)
+            }
+            rows: dict[Change, list[str]] = defaultdict(list)
+            for role in (r for r in ROLES if r in held):
+                residual = _minus(self.team_delta(name, role), self.baseline.get)
+                for change in self.group(residual):
+                    rows[change].append(role.value)
+            access = tuple(
+                (("members",) if len(roles) == len(held) else tuple(roles), change)
+                for change, roles in rows.items()
+            )
+            team = _team_change(name, old, new, access, owned)
+            if team is not None:
+                out.append(team)
+        return tuple(out)
+
+    # grouping
+
+    def group(self, deltas: Mapping[int, _Delta]) -> tuple[Change, ...]:
+        """Per-probe changes summarised by the most general namespaces and patterns."""
+        rows: dict[tuple[str, tuple[str, ...]], tuple[set[str], set[str]]] = {}
+        for direction in (0, 1):
+            for action in REPOSITORY_ACTIONS:
+                hit = {pid for pid, delta in deltas.items() if action in delta[direction]}
+                for label, exceptions in self.cover(hit):
+                    row = rows.setdefault((label, exceptions), (set(), set()))
+                    row[direction].add(action)
+        return tuple(
+            Change(label, _ordered(gained), _ordered(lost), exceptions)
+            for (label, exceptions), (gained, lost) in sorted(rows.items())
+        )
+
+    def cover(self, hit: set[int]) -> list[tuple[str, tuple[str, ...]]]:
+        probes = self.probes
+        remaining = set(hit)
+        out = []
+        for pid in sorted(hit, key=probes.names.__getitem__):
+            if pid not in remaining:
+                continue
+            for label in probes.candidates(pid):
+                members = probes.members[label]
+                if len(members) > len(hit) + _SLACK or not probes.own[label] <= hit:
+                    continue
+                rest = members - hit
+                exceptions = self.exceptions(rest, label) if rest else ()
+                if exceptions is None:
+                    continue
+                out.append((label, exceptions))
+                remaining -= members
+                break
+            else:
+                out.append((probes.display(pid), ()))
+                remaining.discard(pid)
+        return out
+
+    def exceptions(self, rest: set[int], label: str) -> tuple[str, ...] | None:
+        """A few groups that together are exactly `rest`, or None."""
+        probes = self.probes
+        uncovered = set(rest)
+        chosen: list[str] = []
+        while uncovered and len(chosen) < _MAX_EXCEPTIONS:
+            options = {
+                candidate
+                for pid in uncovered
+                for candidate in probes.candidates(pid)
+                if candidate != label and probes.members[candidate] <= rest
+            }
+            if not options:
+                return None
+            best = max(options, key=lambda c: (len(probes.members[c] & uncovered), c))
+            chosen.append(best)
+            uncovered -= probes.members[best]
+        return None if uncovered else tuple(sorted(chosen))
+
+
+_RuleKey = tuple[frozenset[str], frozenset[str]]  # actions, principals named
+
+
+def _rules_by_pattern(
+    policy: Policy,
+) -> tuple[dict[str, list[_RuleKey]], dict[str, list[_RuleKey]]]:
+    """Grants and restrictions as (actions, principals), keyed by each of their patterns."""
+    grants: dict[str, list[_RuleKey]] = defaultdict(list)
+    restrictions: dict[str, list[_RuleKey]] = defaultdict(list)
+    for grant in policy.grants:
+        key = (grant.actions, frozenset(map(str, grant.to)))
+        for text in grant.repositories:
+            grants[text].append(key)
+    for restriction in policy.restrictions:
+        key = (restriction.actions, frozenset(map(str, restriction.only)))
+        for text in restriction.repositories:
+            restrictions[text].append(key)
+    return grants, restrictions
+
+
+def _namespace_context(policy: Policy, repository: str) -> tuple[object, _Facts]:
+    """What a repository's namespace contributes to a decision, as a key and as facts."""
+    ns = namespace_of(repository)
+    if not ns:
+        return ("global", policy.settings.global_namespace), _Facts((), None, frozenset())
+    namespace = policy.namespaces.get(ns)
+    if namespace is None:
+        return None, _Facts((), None, frozenset())
+    key = (namespace.visibility, frozenset(namespace.teams), namespace.personal)
+    return key, _Facts(namespace.teams, ns if namespace.personal else None, frozenset())
+
+
+def _minus(
+    deltas: Mapping[int, _Delta], explained: Callable[[int], _Delta | None]
+) -> dict[int, _Delta]:
+    """Each probe's delta without what `explained` already accounts for."""
+    out = {}
+    for pid, (gained, lost) in deltas.items():
+        known = explained(pid)
+        if known is not None:
+            gained, lost = gained - known[0], lost - known[1]
+        if gained or lost:
+            out[pid] = (gained, lost)
+    return out
+
+
+def _ordered(actions: Iterable[str]) -> tuple[str, ...]:
+    chosen = set(actions)
+    return tuple(a for a in REPOSITORY_ACTIONS if a in chosen)
+
+
+# -- teams -------------------------------------------------------------------------------
+
+
+def _roles(pairs: Iterable[tuple[str, Role]]) -> dict[str, Role]:
+    out: dict[str, Role] = {}
+    for key, role in pairs:
+        out[key] = stronger(out.get(key), role)
+    return out
+
+
+_Pairs = tuple[tuple[str, str], ...]
+_Moves = tuple[tuple[str, str, str], ...]
+
+
+def _compare(
+    before: Mapping[str, Role], after: Mapping[str, Role]
+) -> tuple[_Pairs, _Pairs, _Moves]:
+    """Who joined (with role), who left (with role), and whose role changed."""
+    joined = tuple((k, after[k].value) for k in sorted(after.keys() - before.keys()))
+    left = tuple((k, before[k].value) for k in sorted(before.keys() - after.keys()))
+    changed = tuple(
+        (k, before[k].value, after[k].value)
+        for k in sorted(before.keys() & after.keys())
+        if before[k] != after[k]
+    )
+    return joined, left, changed
+
+
+def _owned(policy: Policy) -> dict[str, set[str]]:
+    """The namespaces each team owns."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for ns in policy.namespaces.values():
+        for team in ns.teams:
+            out[team].add(ns.name)
+    return out
+
+
+def _team_change(
+    name: str,
+    old: Policy,
+    new: Policy,
+    access: tuple[tuple[tuple[str, ...], Change], ...],
+    owners: tuple[dict[str, set[str]], dict[str, set[str]]],
+) -> TeamChange | None:
+    teams = [p.teams.get(name) for p in (old, new)]
+    members = [_roles((str(m), r) for m, r in t.members) if t else {} for t in teams]
+    groups = [_roles((dn.lower(), r) for dn, r in t.ldap_groups) if t else {} for t in teams]
+    owned = [owners[0].get(name, set()), owners[1].get(name, set())]
+    status = "changed" if all(teams) else "added" if teams[1] else "removed"
+    owns = (tuple(sorted(owned[1] - owned[0])), tuple(sorted(owned[0] - owned[1])))
+    change = TeamChange(name, status, *_compare(*members), *_compare(*groups), *owns, access)
+    if status == "changed" and change == TeamChange(name, status):
+        return None
+    return change
+
+
+# -- needs attention ---------------------------------------------------------------------
+
+
+def _attention(old: Policy, new: Policy, anonymous: Iterable[Change]) -> list[Notice]:
+    out: list[Notice] = []
+    personal = [str(p.settings.personal_namespaces).lower() for p in (old, new)]
+    if personal[0] != personal[1]:
+        out.append(Notice("settings", "personal_namespaces", "changed", *personal))
+    for name in sorted(set(old.users) | set(new.users)):
+        was, now = (p.users.get(name) for p in (old, new))
+        if bool(was and was.admin) != bool(now and now.admin):
+            out.append(Notice("admin", f"user:{name}", "added" if now and now.admin else "removed"))
+    for kind, before, after in (("user", old.users, new.users), ("robot", old.robots, new.robots)):
+        for name in sorted(before.keys() ^ after.keys()):
+            out.append(Notice(kind, f"{kind}:{name}", "added" if name in after else "removed"))
+    visibility = [old.settings.global_namespace, new.settings.global_namespace]
+    if visibility[0] != visibility[1]:
+        out.append(Notice("visibility", "*", "changed", visibility[0].value, visibility[1].value))
+    for ns in sorted(set(old.namespaces) | set(new.namespaces)):
+        was, now = (p.namespaces.get(ns) for p in (old, new))
+        before = was.visibility if was else None
+        after = now.visibility if now else None
+        if before == after or {before, after} <= {None, Visibility.PRIVATE}:
+            continue
+        change = "changed" if was and now else "added" if now else "removed"
+        out.append(Notice("visibility", ns, change, before and before.value, after and after.value))
+    for c in anonymous:
+        for direction, actions in (("gained", c.gained), ("lost", c.lost)):
+            if "pull" in actions:
+                out.append(
+                    Notice("anonymous-pull", c.repositories, direction, None, None, c.exceptions)
+                )
+    out.extend(_restriction_notices(old, new))
+    return out
+
+
+def _restriction_notices(old: Policy, new: Policy) -> list[Notice]:
+    def by_patterns(policy: Policy) -> dict[tuple[str, ...], Counter[str]]:
+        found: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)
+        for r in policy.restrictions:
+            only = ", ".join(sorted(str(p) for p in r.only)) or "nobody"
+            found[tuple(sorted(set(r.repositories)))][
+                f"{', '.join(_ordered(r.actions))} only for {only}"
+            ] += 1
+        return found
+
+    before, after = by_patterns(old), by_patterns(new)
+    out = []
+    for key in sorted(before.keys() | after.keys()):
+        was, now = before.get(key, Counter()), after.get(key, Counter())
+        if was == now:
+            continue
+        name = ", ".join(key)
+        removed, added = list((was - now).elements()), list((now - was).elements())
+        if len(removed) == 1 and len(added) == 1:
+            out.append(Notice("restriction", name, "changed", removed[0], added[0]))
+            continue
+        out.extend(Notice("restriction", name, "removed", text, None) for text in removed)
+        out.extend(Notice("restriction", name, "added", None, text) for text in added)
+    return out
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+_VISIBILITY = {
+    "public": "anyone may pull, without signing in",
+    "protected": "every signed-in user and robot may pull",
+    "private": "only those granted may pull",
+}
+
+
+def _with_exceptions(change: Change, code: Callable[[str], str]) -> str:
+    text = code(change.repositories)
+    if change.exceptions:
+        text += " except " + ", ".join(code(e) for e in change.exceptions)
+    return text
+
+
+def notice_text(notice: Notice, code: Callable[[str], str] = str) -> str:
+    """A notice as a sentence; `code` marks up names (backticks in Markdown)."""
+    n, name = notice, code(notice.name)
+    if n.kind == "admin":
+        if n.change == "added":
+            return f"{name} becomes an admin: every action on every repository, and the catalog"
+        return f"{name} is no longer an admin"
+    if n.kind in ("user", "robot"):
+        return f"{name} is new" if n.change == "added" else f"{name} is removed"
+    if n.kind == "settings":
+        if n.after == "true":
+            return "personal namespaces are turned on: every user now owns NAME/**"
+        return "personal namespaces are turned off: users no longer own NAME/**"
+    if n.kind == "visibility":
+        what = (
+            f"the global namespace ({code('*')}, names without a slash)"
+            if n.name == "*"
+            else f"namespace {name}"
+        )
+        if n.change == "removed":
+            return f"{what}, which was {n.before}, is removed: it is private now"
+        was = f" (was {n.before})" if n.before else ""
+        verb = "is new and" if n.change == "added" else "becomes"
+        return f"{what} {verb} {n.after}{was}: {_VISIBILITY[n.after or 'private']}"
+    if n.kind == "anonymous-pull":
+        where = _with_exceptions(Change(n.name, (), (), n.exceptions), code)
+        if n.change == "gained":
+            return f"anyone, without signing in, can now pull {where}"
+        return f"anonymous callers can no longer pull {where}"
+    if n.kind == "restriction":
+        if n.change == "added":
+            return f"new restriction on {name}: {n.after}"
+        if n.change == "removed":
+            return f"restriction on {name} is removed (it reserved {n.before})"
+        return f"restriction on {name} changes: {n.before} → {n.after}"
+    return f"{n.kind} {name} {n.change}"  # pragma: no cover
+
+
+def to_data(diff: PolicyDiff) -> dict[str, Any]:
+    """The diff as plain data: the JSON output, schema described in docs/gitops.md."""
+
+    def change(c: Change) -> dict[str, Any]:
+        return {
+            "repositories": c.repositories,
+            "except": list(c.exceptions),
+            "gained": list(c.gained),
+            "lost": list(c.lost),
+        }
+
+    def pairs(items: Iterable[tuple[str, str]], key: str) -> list[dict[str, str]]:
+        return [{key: a, "role": b} for a, b in items]
+
+    def moves(items: Iterable[tuple[str, str, str]], key: str) -> list[dict[str, str]]:
+        return [{key: a, "from": b, "to": c} for a, b, c in items]
+
+    return {
+        "schema": SCHEMA,
+        "from": diff.old_revision,
+        "to": diff.new_revision,
+        "changed": diff.changed,
+        "access_changed": diff.access_changed,
+        "attention": [
+            {
+                "kind": n.kind,
+                "name": n.name,
+                "change": n.change,
+                "before": n.before,
+                "after": n.after,
+                "except": list(n.exceptions),
+                "message": notice_text(n),
+            }
+            for n in diff.attention
+        ],
+        "subjects": [
+            {"subject": s.subject, "status": s.status, "access": [change(c) for c in s.access]}
+            for s in diff.subjects
+        ],
+        "teams": [
+            {
+                "team": t.team,
+                "status": t.status,
+                "joined": pairs(t.joined, "member"),
+                "left": pairs(t.left, "member"),
+                "roles_changed": moves(t.roles_changed, "member"),
+                "ldap_joined": pairs(t.ldap_joined, "group"),
+                "ldap_left": pairs(t.ldap_left, "group"),
+                "ldap_roles_changed": moves(t.ldap_roles_changed, "group"),
+                "namespaces_added": list(t.owns_added),
+                "namespaces_removed": list(t.owns_removed),
+                "access": [{"roles": list(roles), **change(c)} for roles, c in t.access],
+            }
+            for t in diff.teams
+        ],
+    }
+
+
+def render_json(diff: PolicyDiff) -> str:
+    return json.dumps(to_data(diff), indent=2)
+
+
+def _code(text: str) -> str:
+    return f"`{text}`"
+
+
+def _who(subject: str, status: str) -> str:
+    if subject == "anonymous":
+        return "anyone (`anonymous`)"
+    if subject == "authenticated":
+        return "any signed-in user (`authenticated`)"
+    return _code(subject) + (
+        "" if status == "changed" else f" ({'new' if status == 'added' else 'removed'})"
+    )
+
+
+def _team_who(team: str, roles: tuple[str, ...]) -> str:
+    held = "members" if roles == ("members",) else ", ".join(f"{role}s" for role in roles)
+    return f"{_code('team:' + team)} {held}"
+
+
+def render_markdown(diff: PolicyDiff) -> str:
+    """The diff as a short Markdown report for a pull-request comment."""
+    lines = [f"### Policy diff {_code(diff.old_revision)} → {_code(diff.new_revision)}", ""]
+    if not diff.changed:
+        return "\n".join([*lines, "No change in effective access."])
+    if diff.attention:
+        lines += ["#### Needs attention", ""]
+        lines += [f"- {notice_text(n, _code)}" for n in diff.attention[:_MAX_ROWS]]
+        lines += [*_more(len(diff.attention), "items"), ""]
+    rows = [(_who(s.subject, s.status), c) for s in diff.subjects for c in s.access] + [
+        (_team_who(t.team, roles), c) for t in diff.teams for roles, c in t.access
+    ]
+    lines += ["#### Access", ""]
+    if rows:
+        lines += ["| Who | Repositories | Gains | Loses |", "|---|---|---|---|"]
+        for who, c in rows[:_MAX_ROWS]:
+            gained, lost = ", ".join(c.gained), ", ".join(c.lost)
+            lines.append(f"| {who} | {_with_exceptions(c, _code)} | {gained} | {lost} |")
+        lines += _more(len(rows), "rows")
+    else:
+        lines.append("No change in effective access.")
+    teams = [t for t in diff.teams if _team_facts(t)]
+    if teams:
+        lines += ["", "#### Teams", ""]
+        for t in teams[:_MAX_ROWS]:
+            status = (
+                "" if t.status == "changed" else f" ({'new' if t.status == 'added' else 'removed'})"
+            )
+            lines.append(f"- {_code('team:' + t.team)}{status}")
+            lines += [f"  - {fact}" for fact in _team_facts(t)]
+        lines += _more(len(teams), "teams")
+    return "\n".join(lines).rstrip()
+
+
+def _more(count: int, what: str) -> list[str]:
+    """The line that says how much a long list leaves out (PR comments have a size limit)."""
+    if count <= _MAX_ROWS:
+        return []
+    return ["", f"… and {count - _MAX_ROWS} more {what} (see `--format json`)."]
+
+
+def _team_facts(t: TeamChange) -> list[str]:
+    def listing(items: Iterable[tuple[str, str]]) -> str:
+        return ", ".join(f"{_code(a)} ({b})" for a, b in items)
+
+    def moving(items: Iterable[tuple[str, str, str]]) -> str:
+        return ", ".join(f"{_code(a)} {b} → {c}" for a, b, c in items)
+
+    facts = []
+    for label, items in (("joined", t.joined), ("left", t.left)):
+        if items:
+            facts.append(f"{label}: {listing(items)}")
+    if t.roles_changed:
+        facts.append(f"role changed: {moving(t.roles_changed)}")
+    for label, items in (
+        ("LDAP groups added", t.ldap_joined),
+        ("LDAP groups removed", t.ldap_left),
+    ):
+        if items:
+            facts.append(f"{label}: {listing(items)}")
+    if t.ldap_roles_changed:
+        facts.append(f"LDAP group role changed: {moving(t.ldap_roles_changed)}")
+    if t.owns_added:
+        facts.append("now owns " + ", ".join(_code(n) for n in t.owns_added))
+    if t.owns_removed:
+        facts.append("no longer owns " + ", ".join(_code(n) for n in t.owns_removed))
+    return facts
