@@ -12,7 +12,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1] / "tests")
 import httpx
 
 from support.gateway import EXAMPLE_POLICIES, jwt_parts, start_gateway
+from support.gitrepo import git
 
 
 def revision(gateway) -> str:
@@ -39,17 +39,6 @@ def wait_change(gateway, old: str, started: float, timeout: float = 30) -> float
         if time.perf_counter() - started > timeout:
             raise SystemExit("the gateway never enforced the change")
         time.sleep(0.005)
-
-
-def git(cwd: Path, *args: str) -> None:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "b",
-        "GIT_AUTHOR_EMAIL": "b@example.org",
-        "GIT_COMMITTER_NAME": "b",
-        "GIT_COMMITTER_EMAIL": "b@example.org",
-    }
-    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
 
 
 def bump(path: Path, i: int) -> None:

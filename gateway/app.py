@@ -26,7 +26,7 @@ from gateway.auth.keys import KeyStore
 from gateway.auth.tokens import TokenIssuer
 from gateway.catalog.index import CatalogIndex
 from gateway.catalog.registry import RegistryClient
-from gateway.config import Settings, load_settings
+from gateway.config import Secret, Settings, load_settings
 from gateway.middleware import RequestLog
 from gateway.policy.gitsource import GitRemote, GitSyncError
 from gateway.policy.source import PolicySource
@@ -159,10 +159,7 @@ class Gateway:
 
     async def notifications(self, request: Request) -> Response:
         """POST /-/notifications: the registry's events; changed repositories are re-read now."""
-        secret = self.settings.notification_secret
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {secret.reveal()}" if secret else ""
-        if not secret or not hmac.compare_digest(given.encode(), expected.encode()):
+        if not bearer_matches(request, self.settings.notification_secret):
             return registry_error(
                 401,
                 "UNAUTHORIZED",
@@ -191,9 +188,7 @@ class Gateway:
     async def reload_hook(self, request: Request) -> Response:
         """POST /-/reload: a CI webhook asks for an immediate fetch and reload."""
         secret = self.settings.reload_secret
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {secret.reveal()}" if secret else ""
-        if not secret or not hmac.compare_digest(given.encode(), expected.encode()):
+        if not bearer_matches(request, secret):
             return registry_error(
                 401,
                 "UNAUTHORIZED",
@@ -298,6 +293,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return registry_error(500, "INTERNAL", "internal error; the server log has the details")
+
+
+def bearer_matches(request: Request, secret: Secret | None) -> bool:
+    """Whether the request carries `Authorization: Bearer <secret>` (constant time); never
+    when no secret is configured."""
+    if not secret:
+        return False
+    given = request.headers.get("authorization", "").encode()
+    return hmac.compare_digest(given, f"Bearer {secret.reveal()}".encode())
 
 
 def _utc_seconds(stamp: str | None) -> str | None:

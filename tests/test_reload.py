@@ -27,6 +27,7 @@ from support.gateway import (
     start_gateway,
     start_stack,
 )
+from support.gitrepo import git
 
 PROBES = 50
 
@@ -168,19 +169,6 @@ def wait_for(get, done, timeout: float = 10.0):
 
 
 # -- a policy in git ---------------------------------------------------------------------
-
-
-def git(cwd: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.org",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.org",
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
 
 
 @pytest.fixture

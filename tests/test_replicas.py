@@ -9,9 +9,7 @@ Only the CLI and HTTP are used: replicas are started, SIGTERMed and SIGKILLed as
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -34,6 +32,7 @@ from support.gateway import (
     creds,
     jwt_parts,
 )
+from support.gitrepo import git
 from support.nginx import Nginx, start_nginx
 from support.registry import Registry, TokenAuth, free_port, start_registry
 from support.replicas import make_keys, start_replicas
@@ -45,19 +44,6 @@ DRAIN = 0.5  # --drain-seconds: /readyz 503 this long after SIGTERM (default 5 s
 # here has only passive checks, so a long drain would only slow the test down)
 PAUSE = 0.05  # seconds between two rounds of one load loop
 PULL_REPO = "library/base"  # public: anonymous pulls, no password hashing in the loops
-
-
-def git(cwd: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.org",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.org",
-    }
-    return subprocess.run(
-        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
-    ).stdout.strip()
 
 
 def token(
