@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support.catalog import csrf_of
 from support.clients import Skopeo, ok
 from support.fixtures import OciImage
 from support.gateway import (
@@ -407,3 +408,19 @@ def test_refresh_token_from_one_replica_works_on_the_others(cluster: Cluster) ->
             timeout=30,
         )
         assert answer.status_code == 401
+
+
+def test_ui_session_from_one_replica_works_on_the_others(cluster: Cluster) -> None:
+    first, *others = cluster.replicas
+    with httpx.Client(base_url=first.url, follow_redirects=False, timeout=30) as client:
+        form = client.get("/-/login")
+        data = {"username": "bob", "password": PASSWORDS["bob"], "csrf": csrf_of(form.text)}
+        assert client.post("/-/login", data=data).status_code == 303
+        cookies = dict(client.cookies)
+    for replica in others:
+        page = httpx.get(f"{replica.url}/-/teams?format=json", cookies=cookies, timeout=30)
+        assert page.status_code == 200, page.text
+        assert page.json()["viewer"]["signed_in"] is True
+        assert page.json()["viewer"]["name"] == "bob"
+    # Without the cookie, the same page is for signed-in viewers only.
+    assert httpx.get(f"{others[0].url}/-/teams?format=json", timeout=30).status_code in (401, 403)
