@@ -112,7 +112,7 @@ class TokenService:
         started = time.perf_counter()
         ctx = self._context(request)
         try:
-            if len(request.url.query) > MAX_QUERY:
+            if len(request.scope["query_string"]) > MAX_QUERY:
                 raise BadRequest("REQUEST_TOO_LARGE", f"the query is longer than {MAX_QUERY} bytes")
             params = request.query_params
             self._check_service(params.get("service"))

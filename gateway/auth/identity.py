@@ -23,6 +23,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import os
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -195,6 +196,10 @@ class Authenticator:
         # so a client retrying a stale password does not lock its user out.
         self._recent_failures = VerificationCache(repeat_window, 10000)
         self._ldap_threads = CapacityLimiter(LDAP_THREADS)
+        # Slow hashes are CPU-bound and argon2id holds 64 MiB each: as many at once as there
+        # are cores, no more (anyio's default of 40 threads could take 2.5 GB and starve the
+        # event loop). Others wait their turn; identical checks already share one result.
+        self._hash_threads = CapacityLimiter(os.cpu_count() or 1)
         self._pending: dict[tuple[str, str, str, str], asyncio.Future[Any]] = {}
 
     @classmethod
@@ -210,7 +215,9 @@ class Authenticator:
         )
 
     async def _slow_failure(self, reason: str, username: str) -> AuthenticationFailed:
-        await anyio.to_thread.run_sync(verify_password, "not-the-password", self._dummy)
+        await anyio.to_thread.run_sync(
+            verify_password, "not-the-password", self._dummy, limiter=self._hash_threads
+        )
         return AuthenticationFailed(reason, username)
 
     # -- sign-in -----------------------------------------------------------------------
@@ -285,7 +292,9 @@ class Authenticator:
 
     async def _check_hash(self, backend: str, username: str, password: str, stored: str) -> bool:
         async def check() -> bool:
-            return await anyio.to_thread.run_sync(verify_password, password, stored)
+            return await anyio.to_thread.run_sync(
+                verify_password, password, stored, limiter=self._hash_threads
+            )
 
         return bool(await self._once(backend, username, password, stored, check))
 
