@@ -109,7 +109,29 @@ class _Client:
         return subprocess.CompletedProcess(args, proc.returncode, proc.stdout, proc.stderr)
 
 
-class Skopeo(_Client):
+class _ContainersClient(_Client):
+    """What skopeo and podman share: the containers/image login commands."""
+
+    def command(self, *args: str, input: str | None = None) -> CompletedProcess:
+        raise NotImplementedError
+
+    def login(self, host: str, user: str, password: str) -> CompletedProcess:
+        """`login`, password on stdin; credentials land in this client's auth file."""
+        return self.command(
+            "login",
+            "--tls-verify=false",
+            "--username",
+            user,
+            "--password-stdin",
+            host,
+            input=password,
+        )
+
+    def logout(self, host: str) -> CompletedProcess:
+        return self.command("logout", host)
+
+
+class Skopeo(_ContainersClient):
     """skopeo 1.9 as a rootless user would run it: caches and auth stay under `home`."""
 
     def __init__(self, home: Path) -> None:
@@ -179,24 +201,8 @@ class Skopeo(_Client):
             "list-tags", "--tls-verify=false", *self._creds("--creds", creds), _docker_ref(ref)
         )
 
-    def login(self, host: str, user: str, password: str) -> CompletedProcess:
-        """`skopeo login`, password on stdin; credentials land in this client's auth file."""
-        return self.command(
-            "login",
-            "--tls-verify=false",
-            "--username",
-            user,
-            "--password-stdin",
-            host,
-            input=password,
-        )
 
-    def logout(self, host: str) -> CompletedProcess:
-        """`skopeo logout`."""
-        return self.command("logout", host)
-
-
-class Podman(_Client):
+class Podman(_ContainersClient):
     """podman 4.3 (vfs storage) run as root inside its own mount namespace.
 
     Even with --root/--runroot, rootful podman writes to /etc/containers, /etc/cni,
@@ -265,22 +271,6 @@ class Podman(_Client):
         argv = [self.unshare, "--mount", "--propagation", "private", "sh", "-c",
                 self._mount_script(), "podman", *podman]  # fmt: skip
         return self._run(argv, input=input, timeout=timeout, shown=["podman", *args])
-
-    def login(self, host: str, user: str, password: str) -> CompletedProcess:
-        """`podman login`, password on stdin."""
-        return self.command(
-            "login",
-            "--tls-verify=false",
-            "--username",
-            user,
-            "--password-stdin",
-            host,
-            input=password,
-        )
-
-    def logout(self, host: str) -> CompletedProcess:
-        """`podman logout`."""
-        return self.command("logout", host)
 
     def pull(self, ref: str, *, creds: str | None = None) -> CompletedProcess:
         """`podman pull` over plain HTTP; `ref` may also be `oci:DIR:TAG` (no network)."""

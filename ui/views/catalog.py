@@ -125,16 +125,25 @@ async def home(site: Site, request: Request, viewer: Viewer) -> Response:
     return site.render(request, viewer, "home.html", data)
 
 
-async def namespace(site: Site, request: Request, viewer: Viewer) -> Response:
-    """One namespace: what it is, and its repositories (name, tags, last push, size)."""
+def find_namespace(
+    site: Site, request: Request, viewer: Viewer
+) -> tuple[str, VisibleCatalog, dict[str, Any]] | None:
+    """The namespace named in the path, if this viewer may see it: (name, view, its row)."""
     slug = request.path_params["namespace"]
     name = "" if slug == GLOBAL else slug
     if name and not is_component(name):
-        return site.not_found(request, viewer)
+        return None
     view = site.visible(viewer)
     row = next((r for r in namespace_rows(site, viewer, view) if r["name"] == name), None)
-    if row is None:
+    return None if row is None else (name, view, row)
+
+
+async def namespace(site: Site, request: Request, viewer: Viewer) -> Response:
+    """One namespace: what it is, and its repositories (name, tags, last push, size)."""
+    found = find_namespace(site, request, viewer)
+    if found is None:
         return site.not_found(request, viewer)
+    name, view, row = found
     sort = request.query_params.get("sort", "name")
     sort = sort if sort in SORTS else "name"
     summaries = [site.summaries.get(view.repositories[n]) for n in view.by_namespace.get(name, ())]

@@ -10,9 +10,9 @@ from starlette.responses import Response
 from gateway.policy.engine import Engine, Reason
 from gateway.policy.explain import explain as explain_scopes
 from gateway.policy.model import ANONYMOUS_SUBJECT, REPOSITORY_ACTIONS, Role, Subject
-from gateway.policy.patterns import is_component, is_repository_name
+from gateway.policy.patterns import is_repository_name
 from ui.site import Site, Viewer, iso
-from ui.views.catalog import GLOBAL, namespace_rows
+from ui.views.catalog import GLOBAL, find_namespace
 
 ROLES = (Role.OWNER, Role.CONTRIBUTOR, Role.VIEWER)
 
@@ -89,14 +89,10 @@ def policy_dir(site: Site) -> str:
 
 async def namespace_access(site: Site, request: Request, viewer: Viewer) -> Response:
     """Who may pull, push and delete across a namespace, and through which rule."""
-    slug = request.path_params["namespace"]
-    name = "" if slug == GLOBAL else slug
-    if name and not is_component(name):
+    found = find_namespace(site, request, viewer)
+    if found is None:
         return site.not_found(request, viewer)
-    view = site.visible(viewer)
-    row = next((r for r in namespace_rows(site, viewer, view) if r["name"] == name), None)
-    if row is None:
-        return site.not_found(request, viewer)
+    name, _view, row = found
     data = {
         "kind": "namespace",
         "namespace": row,
