@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hmac
 import logging
 import threading
@@ -24,7 +23,7 @@ from gateway.auth.endpoint import TokenService, registry_error
 from gateway.auth.identity import Authenticator
 from gateway.auth.keys import KeyStore
 from gateway.auth.tokens import TokenIssuer
-from gateway.catalog.index import CatalogIndex
+from gateway.catalog.index import CatalogIndex, utc_seconds
 from gateway.catalog.registry import RegistryClient
 from gateway.config import Secret, Settings, load_settings
 from gateway.middleware import RequestLog
@@ -179,7 +178,7 @@ class Gateway:
                     for e in events
                     if (e.get("target") or {}).get("repository") == name
                 ]
-                pushed = _utc_seconds(max(stamps, default=None))
+                pushed = utc_seconds(max(stamps, default=None))
                 task = asyncio.create_task(self._update(name, pushed))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -302,17 +301,6 @@ def bearer_matches(request: Request, secret: Secret | None) -> bool:
         return False
     given = request.headers.get("authorization", "").encode()
     return hmac.compare_digest(given, f"Bearer {secret.reveal()}".encode())
-
-
-def _utc_seconds(stamp: str | None) -> str | None:
-    """A notification's RFC 3339 timestamp as seconds in UTC (the index's format)."""
-    if not stamp:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def policy_source(settings: Settings) -> tuple[GitRemote | None, PolicySource]:

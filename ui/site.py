@@ -7,12 +7,9 @@ where a page needs it, and adds the cookie, timing and security headers.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import hashlib
 import hmac
-import inspect
 import math
 import secrets
 import time
@@ -25,7 +22,7 @@ from urllib.parse import urlencode, urlsplit
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from gateway.auth.identity import AuthenticationFailed, Identity
+from gateway.auth.identity import AuthenticationFailed, Identity, basic_credentials
 from gateway.policy.engine import Engine
 from gateway.policy.model import REPOSITORY_ACTIONS, Subject
 from ui.session import COOKIE, Session, SessionCodec, derive_secret, still_valid
@@ -183,20 +180,11 @@ class Site:
         self, request: Request, engine: Engine, username: str, password: str
     ) -> Identity:
         """Check credentials as the token endpoint does (slow hashes off the event loop)."""
-        authenticator = self.gateway.authenticator
-        if _takes_client(authenticator):
-            client = request.client.host if request.client else None
-            return await authenticator.password(engine, username, password, client=client)
-        return await authenticator.password(engine, username, password)
+        client = request.client.host if request.client else None
+        return await self.gateway.authenticator.password(engine, username, password, client=client)
 
     async def _basic(self, request: Request, engine: Engine, value: str) -> Identity:
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise AuthenticationFailed("malformed basic credentials") from None
-        username, sep, password = decoded.partition(":")
-        if not sep or not username:
-            raise AuthenticationFailed("malformed basic credentials", username)
+        username, password = basic_credentials(value)
         key = self.basic.key(username, password)
         identity = self.basic.get(key)
         via = getattr(identity, "via", None)
@@ -369,11 +357,6 @@ def retry_after(exc: AuthenticationFailed) -> int | None:
     """Seconds to wait when sign-in was throttled (too many failures), else None."""
     value = getattr(exc, "retry_after", None)
     return int(value) if isinstance(value, int | float) else None
-
-
-def _takes_client(authenticator: object) -> bool:
-    """Whether the authenticator throttles by client address (`password(..., client=)`)."""
-    return "client" in inspect.signature(authenticator.password).parameters  # type: ignore[attr-defined]
 
 
 def paginate(

@@ -15,6 +15,7 @@ from typing import Any
 from gateway.catalog.index import CatalogIndex, Repository
 from gateway.policy.engine import Engine
 from gateway.policy.model import PULL, Subject
+from gateway.policy.patterns import namespace_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +117,7 @@ class VisibilityCache:
         names = sorted(name for name in repositories if memo[name])
         by_namespace: dict[str, list[str]] = {}
         for name in names:
-            head, sep, _ = name.partition("/")
-            by_namespace.setdefault(head if sep else "", []).append(name)
+            by_namespace.setdefault(namespace_of(name), []).append(name)
         view = VisibleCatalog(generation, repositories, names, by_namespace, frozenset(names))
         self._views[key] = view
         self._views.move_to_end(key)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 import uuid
 from collections import OrderedDict
@@ -21,6 +19,7 @@ from gateway.auth.identity import (
     Authenticator,
     Identity,
     TooManyAttempts,
+    basic_credentials,
 )
 from gateway.auth.scope import Scope, ScopeError, format_scope, parse_scopes
 from gateway.auth.tokens import IssuedToken, TokenError, TokenIssuer
@@ -230,14 +229,8 @@ class TokenService:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
             raise AuthenticationFailed("unsupported authorization scheme")
-        try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            raise AuthenticationFailed("malformed basic credentials") from None
-        username, sep, password = decoded.partition(":")
+        username, password = basic_credentials(value)
         ctx["username"] = username[:200]
-        if not sep or not username:
-            raise AuthenticationFailed("malformed basic credentials", username)
         identity = await self.authenticator.password(
             engine, username, password, client=ctx["client"]
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.catalog.registry import INDEX_TYPES, RegistryClient, RegistryError
+from gateway.policy.patterns import namespace_of
 
 log = logging.getLogger("registry_gateway.catalog")
 
@@ -76,8 +77,7 @@ class Repository:
 
     @property
     def namespace(self) -> str:
-        head, sep, _ = self.name.partition("/")
-        return head if sep else ""
+        return namespace_of(self.name)
 
     @property
     def size(self) -> int:
@@ -116,7 +116,7 @@ class _ImageConfig:
             os=str(config.get("os", "")),
             architecture=str(config.get("architecture", "")),
             variant=str(config.get("variant", "")),
-            created=_timestamp(config.get("created")),
+            created=utc_seconds(config.get("created")),
             entrypoint=tuple(str(a) for a in inner.get("Entrypoint") or ()),
             cmd=tuple(str(a) for a in inner.get("Cmd") or ()),
             labels=tuple(sorted((str(k), str(v)) for k, v in (inner.get("Labels") or {}).items())),
@@ -372,8 +372,9 @@ class CatalogIndex:
         return changed
 
 
-def _timestamp(value: Any) -> str | None:
-    """An image config's `created`, normalised to seconds in UTC."""
+def utc_seconds(value: Any) -> str | None:
+    """An RFC 3339 time (image config `created`, notification `timestamp`) as seconds in UTC;
+    a time without a zone is taken as UTC."""
     if not isinstance(value, str) or not value:
         return None
     try:
