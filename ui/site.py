@@ -8,10 +8,7 @@ where a page needs it, and adds the cookie, timing and security headers.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import math
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -80,35 +77,6 @@ class Viewer:
         }
 
 
-class BasicCache:
-    """Recent successful Basic sign-ins, so scripts do not pay a slow hash on every request.
-
-    Keys are an HMAC of the credentials under a per-process key; the identity found is
-    re-checked against the live policy on every use.
-    """
-
-    def __init__(self, ttl: float = 300.0, size: int = 1024) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._key = secrets.token_bytes(32)
-        self._items: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
-
-    def key(self, username: str, password: str) -> bytes:
-        return hmac.new(self._key, f"{username}\0{password}".encode(), hashlib.sha256).digest()
-
-    def get(self, key: bytes) -> Identity | None:
-        item = self._items.get(key)
-        if item is None or time.monotonic() - item[0] > self.ttl:
-            return None
-        return item[1]
-
-    def put(self, key: bytes, identity: Identity) -> None:
-        self._items[key] = (time.monotonic(), identity)
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-
 def wants_json(request: Request) -> bool:
     """`?format=json`, or an Accept header that asks for JSON rather than HTML."""
     fmt = request.query_params.get("format")
@@ -140,7 +108,6 @@ class Site:
         self.templates = make_templates()
         self.visibility = VisibilityCache()
         self.summaries = Summaries()
-        self.basic = BasicCache()
         self.access: OrderedDict[tuple[Any, str], dict[str, Any]] = OrderedDict()  # views.policy
         self._codec: SessionCodec | None = None
 
@@ -184,17 +151,10 @@ class Site:
         return await self.gateway.authenticator.password(engine, username, password, client=client)
 
     async def _basic(self, request: Request, engine: Engine, value: str) -> Identity:
+        """HTTP Basic on JSON requests: the Authenticator's verification cache keeps a
+        script's repeated requests from paying a slow hash each time."""
         username, password = basic_credentials(value)
-        key = self.basic.key(username, password)
-        identity = self.basic.get(key)
-        via = getattr(identity, "via", None)
-        if identity is not None and still_valid(
-            engine, identity.subject, identity.fingerprint, via
-        ):
-            return identity
-        identity = await self.sign_in(request, engine, username, password)
-        self.basic.put(key, identity)
-        return identity
+        return await self.sign_in(request, engine, username, password)
 
     # -- the request cycle ---------------------------------------------------------------
 
