@@ -28,7 +28,7 @@ def reasons(engine: Engine, subject: str, repository: str, action: str) -> list[
     return [str(r) for r in decision.actions[0].reasons]
 
 
-@pytest.mark.parametrize(
+EXAMPLE_DECISIONS = pytest.mark.parametrize(
     ("subject", "scope", "expected"),
     [
         ("user:bob", "repository:platform/api:pull,push,delete", ("pull", "push")),
@@ -48,12 +48,40 @@ def reasons(engine: Engine, subject: str, repository: str, action: str) -> list[
         ("user:bob", "repository:platform/api:fly", ()),
         ("user:alice", "repository:Not/Valid:pull", ()),
         ("user:alice", "plugin:x:pull", ()),
+        ("robot:ci-deploy", "repository:platform/svc-1:push,pull,push,fly", ("push", "pull")),
+        ("user:alice", "registry:catalog:pull,*", ("*",)),
     ],
 )
+
+
+@EXAMPLE_DECISIONS
 def test_decisions_on_the_example_policy(
     engine: Engine, subject: str, scope: str, expected: tuple[str, ...]
 ) -> None:
     assert granted(engine, subject, scope) == expected
+
+
+@EXAMPLE_DECISIONS
+def test_granted_answers_as_decide_without_reasons(
+    engine: Engine, subject: str, scope: str, expected: tuple[str, ...]
+) -> None:
+    type_, rest = scope.split(":", 1)
+    name, _, actions = rest.rpartition(":")
+    assert engine.granted(Subject.parse(subject), type_, name, actions.split(",")) == expected
+
+
+def test_granted_remembers_a_bounded_number_of_subjects() -> None:
+    engine = Engine(load_directory(Path("policies")).policy)
+    engine.SUBJECT_MEMO_SIZE = 4
+    for i in range(10):
+        stranger = Subject("user", f"stranger-{i}", directory=True)
+        assert engine.granted(stranger, "repository", "qa/runner", ["pull", "push"]) == ("pull",)
+        assert len(engine._subject_facts) <= 4
+    ci, asked = Subject.parse("robot:ci-deploy"), ("pull", "push")
+    for _ in range(2):  # the second time from the memo
+        assert engine.granted(ci, "repository", "platform/svc-1", asked) == ("pull", "push")
+        assert engine.granted(ci, "repository", "platform/prod/svc-1", asked) == ("pull",)
+        assert ci in engine._subject_facts
 
 
 def test_restriction_beats_an_admin_not_listed() -> None:

@@ -275,3 +275,53 @@ def test_unknown_and_anonymous_subjects_pull_only_what_is_public(spec: PolicySpe
             assert granted == expected, (subject, repository)
     for subject in strangers:
         assert engine.decide(subject, "registry", "catalog", ["*"]).granted == ()
+
+
+# -- the token endpoint's fast path ----------------------------------------------------------
+
+FAST_PATH = settings(PROPERTY, max_examples=25)
+INVALID_NAMES = ("", "Upper/app", "a//b", "/lead", "trail/", "-dash/app", "a" * 256, "x y")
+SOME_ACTIONS = ("pull", "push", "delete", "*", "fly", "PULL", "")
+
+
+@FAST_PATH
+@given(
+    spec=specs(),
+    asked=st.lists(st.lists(st.sampled_from(SOME_ACTIONS), max_size=6), min_size=1, max_size=3),
+    memo=st.sampled_from((1, 3, 10_000)),
+)
+def test_granted_is_what_decide_grants(spec: PolicySpec, asked: list[list[str]], memo: int) -> None:
+    """`Engine.granted` (no reasons) answers as `Engine.decide(...).granted`, action for action."""
+    engine = engine_for(render(spec))
+    engine.SUBJECT_MEMO_SIZE = memo  # a small memo is emptied again and again
+    groups = all_groups(spec)
+    subjects = [
+        *probe_subjects(spec),
+        *[Subject("user", name, groups, directory=True) for name in list(spec.users)[:2]],
+        Subject("user", UNKNOWN_USER, groups, directory=True),
+        Subject("user", UNKNOWN_USER, directory=True),
+        Subject("user", "", groups, directory=True),
+        *[Subject("robot", name, groups) for name in list(spec.robots)[:1]],
+    ]
+    repositories = [
+        *probe_repositories(spec),
+        *INVALID_NAMES,
+        *[f"{namespace.upper()}/app" for namespace in list(spec.namespaces)[:1]],
+    ]
+    action_sets = [*asked, list(ASKED), ["*"]]
+    for subject in subjects:
+        for actions in action_sets:
+            for repository in repositories:
+                expected = engine.decide(subject, "repository", repository, actions).granted
+                got = engine.granted(subject, "repository", repository, iter(actions))
+                assert got == expected, (subject, repository, actions)
+            for type_, name in [
+                ("registry", "catalog"),
+                ("registry", "other"),
+                ("plugin", "catalog"),
+                ("repositories", "alpine"),
+                ("", ""),
+            ]:
+                expected = engine.decide(subject, type_, name, actions).granted
+                assert engine.granted(subject, type_, name, actions) == expected, (type_, name)
+    assert len(engine._subject_facts) <= memo

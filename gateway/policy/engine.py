@@ -33,6 +33,8 @@ from gateway.policy.patterns import Pattern, compile_pattern, is_repository_name
 
 ALL = "*"
 CATALOG = ("registry", "catalog")
+_EVERY_ACTION = frozenset(REPOSITORY_ACTIONS)
+_EVERY_ACTION_AND_ALL = _EVERY_ACTION | {ALL}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,9 @@ class Engine:
         with no_cyclic_gc():
             self._compile(policy)
 
+    # At most this many subjects in the memo of `_facts`, which is emptied when full.
+    SUBJECT_MEMO_SIZE = 10_000
+
     def _compile(self, policy: Policy) -> None:
         self.policy = policy
         self.revision = policy.revision
@@ -127,6 +132,13 @@ class Engine:
                 held[team.name] = stronger(held.get(team.name), role)
             for group, role in team.ldap_groups:
                 self._groups[group.lower()].append((team.name, role))
+        # For `granted`: Subject -> (is admin, teams, principals, grant buckets of those
+        # principals). Only plain dict get/set/clear touch it, each atomic under the GIL, so
+        # concurrent callers at worst derive the same facts twice. The engine never changes
+        # (a new policy builds a new engine), so nothing in the memo goes stale.
+        self._subject_facts: dict[
+            Subject, tuple[bool, dict[str, Role], frozenset[Principal], tuple[_Bucket, ...]]
+        ] = {}
 
     # -- who is asking -------------------------------------------------------------------
 
@@ -211,7 +223,11 @@ class Engine:
     def repository_rights(
         self, subject: Subject, repository: str
     ) -> dict[str, tuple[bool, tuple[Reason, ...]]]:
-        """For pull, push and delete on a repository: allowed or not, and why."""
+        """For pull, push and delete on a repository: allowed or not, and why.
+
+        Keep in sync with `_allowed_repository_actions`, which computes the same rights
+        without reasons for `granted`; a property test checks that the two agree.
+        """
         policy = self.policy
         teams = self.teams_of(subject)
         principals = self.principals(subject, teams)
@@ -299,6 +315,84 @@ class Engine:
     def may_pull(self, subject: Subject, repository: str) -> bool:
         """Shorthand for the catalog views."""
         return self.repository_rights(subject, repository)[PULL][0]
+
+    # -- the token endpoint's fast path --------------------------------------------------
+
+    def granted(
+        self, subject: Subject, type_: str, name: str, actions: Iterable[str]
+    ) -> tuple[str, ...]:
+        """`decide(subject, type_, name, actions).granted` without building any reasons.
+
+        Same order, deduplication and meaning of `*`, `registry:catalog:*`, unknown resource
+        types, invalid repository names and unknown actions as `decide`.
+        """
+        requested = dict.fromkeys(actions)
+        if type_ == "repository" and is_repository_name(name):
+            allowed = self._allowed_repository_actions(subject, name)
+            if allowed == _EVERY_ACTION:
+                allowed = _EVERY_ACTION_AND_ALL  # `*` means all three repository actions
+            return tuple([action for action in requested if action in allowed])
+        if type_ == CATALOG[0] and name == CATALOG[1] and ALL in requested:
+            return (ALL,) if self._facts(subject)[0] else ()
+        return ()
+
+    def _facts(
+        self, subject: Subject
+    ) -> tuple[bool, dict[str, Role], frozenset[Principal], tuple[_Bucket, ...]]:
+        """What `granted` needs of a subject whatever the repository, memoised per subject."""
+        facts = self._subject_facts.get(subject)
+        if facts is None:
+            teams = self.teams_of(subject)
+            principals = frozenset(self.principals(subject, teams))
+            buckets = tuple(self._grants[p] for p in principals if p in self._grants)
+            facts = (self.is_admin(subject), teams, principals, buckets)
+            memo = self._subject_facts
+            if len(memo) >= self.SUBJECT_MEMO_SIZE:
+                memo.clear()
+            memo[subject] = facts
+        return facts
+
+    def _allowed_repository_actions(self, subject: Subject, repository: str) -> frozenset[str]:
+        """The repository actions (pull, push, delete) `subject` may perform, without reasons.
+
+        Mirrors `repository_rights` rule for rule -- admin, global namespace visibility,
+        namespace visibility, personal namespace, team roles on namespaces, grants, then
+        restrictions that list none of the subject's principals -- and must be kept in sync
+        with it; a property test checks that the two agree.
+        """
+        admin, teams, principals, buckets = self._facts(subject)
+        allowed = set(_EVERY_ACTION) if admin else set()
+        policy = self.policy
+        ns_name = namespace_of(repository)
+        if not ns_name:
+            if _may_see(principals, policy.settings.global_namespace):
+                allowed.add(PULL)
+        else:
+            namespace = policy.namespaces.get(ns_name)
+            if namespace is not None:
+                if _may_see(principals, namespace.visibility):
+                    allowed.add(PULL)
+                if namespace.personal and subject.kind == "user" and subject.name == ns_name:
+                    allowed |= Role.OWNER.actions
+                for team in namespace.teams:
+                    role = teams.get(team)
+                    if role is not None:
+                        allowed |= role.actions
+        if len(allowed) < len(_EVERY_ACTION):
+            for bucket in buckets:
+                for grant in bucket.matching(repository):
+                    allowed |= grant.actions
+        for restriction in self._restrictions.matching(repository):
+            if principals.isdisjoint(restriction.only):
+                allowed -= restriction.actions
+        return frozenset(allowed)
+
+
+def _may_see(principals: frozenset[Principal], visibility: Visibility) -> bool:
+    """Whether a namespace's visibility lets these principals pull (as `Engine._visibility`)."""
+    return visibility is Visibility.PUBLIC or (
+        visibility is Visibility.PROTECTED and AUTHENTICATED in principals
+    )
 
 
 def _unique(rules: Iterable[object]) -> Iterable[object]:
