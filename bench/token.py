@@ -5,8 +5,8 @@ Each case gets its own server on a free 127.0.0.1 port (its own temp --data-dir 
 file), pinned to one core with `taskset`; the load generator (wrk, with a Lua script that builds
 every request, so a path can differ per request) runs pinned to another core. After a warm-up,
 one measured run gives requests/s and p50/p99 latency. The floors are a tiny Starlette app
-(bench/floors.py) served by uvicorn with the gateway's own settings (httptools, uvloop, one
-worker, access log off).
+(bench/floors.py) served by uvicorn with the gateway's own settings (httptools, the gateway's
+event loop, `--event-loop`, asyncio by default; one worker, uvicorn's access log off).
 
     .venv/bin/python bench/token.py                       # everything, about 3 minutes
     .venv/bin/python bench/token.py --cases robot-distinct,floor-sign --seconds 5
@@ -365,7 +365,7 @@ def start_server(kind: str, args: argparse.Namespace, tmp: Path, pin: bool) -> S
             sys.executable, "-m", "uvicorn", "floors:app",
             "--app-dir", str(run_dir),
             "--host", "127.0.0.1", "--port", str(port),
-            "--loop", "uvloop", "--http", "httptools", "--workers", "1",
+            "--loop", args.event_loop, "--http", "httptools", "--workers", "1",
             "--no-access-log", "--no-server-header", "--log-level", "warning",
         ]  # fmt: skip
     else:
@@ -386,6 +386,7 @@ def start_server(kind: str, args: argparse.Namespace, tmp: Path, pin: bool) -> S
             "--public-url", f"http://127.0.0.1:{port}",
             "--service", SERVICE,
             "--workers", "1",
+            "--event-loop", args.event_loop,
             "--audit-log", audit,
             *setup["flags"],
         ]  # fmt: skip
@@ -841,7 +842,8 @@ def report(
     p(f"Registry Gateway token benchmark, {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
     p(f"machine: {cpus} CPUs ({cpu_model()}), Python {platform.python_version()}; {versions()}")
     p(
-        "server:  one per case, uvicorn with httptools + uvloop, 1 worker, access log off; "
+        f"server:  one per case, uvicorn with httptools + {args.event_loop}, 1 worker, "
+        "uvicorn's access log off (the gateway writes its own); "
         + (
             f"pinned to CPU {args.server_cpu} (taskset -c {args.server_cpu})"
             if pin
@@ -1122,6 +1124,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-cpu", type=int, default=0, help="core for servers (0)")
     parser.add_argument("--client-cpu", type=int, default=1, help="core for the load generator (1)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop for every server, floors included (default asyncio, the gateway's "
+        "default; see docs/deploy.md)",
+    )
     parser.add_argument(
         "--retries",
         type=int,

@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        loop="uvloop",
+        loop=settings.event_loop,
         http="httptools",
         log_config=log_config,
         access_log=False,

@@ -179,6 +179,14 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("workers", 1, _int(1, 64), "server worker processes"),
     Field(
+        "event_loop",
+        "asyncio",
+        _choice("asyncio", "uvloop"),
+        "the event loop: asyncio accepts every waiting connection at once; uvloop (libuv) "
+        "accepts one per loop turn, so a burst of new connections waits behind busy ones "
+        "(docs/deploy.md has the figures)",
+    ),
+    Field(
         "forwarded_allow_ips",
         "127.0.0.1",
         _text,
@@ -348,6 +356,7 @@ class Settings:
     refresh_ttl: int
     public_url: str
     workers: int
+    event_loop: str
     forwarded_allow_ips: str
     redis_url: Secret | None
     drain_seconds: float
