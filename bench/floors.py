@@ -12,7 +12,7 @@
 Serve it as the benchmark does (same settings as `registry-gateway serve`):
 
     taskset -c 0 .venv/bin/python -m uvicorn floors:app --app-dir bench --port 5099 \\
-        --loop uvloop --http httptools --no-access-log --no-server-header --workers 1
+        --loop asyncio --http httptools --no-access-log --no-server-header --workers 1
 """
 
 from __future__ import annotations

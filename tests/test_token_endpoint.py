@@ -223,3 +223,131 @@ def test_system_routes(client: TestClient) -> None:
     assert keys[0]["kty"] == "EC" and keys[0]["kid"]
     missing = client.get("/nope")
     assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "NOT_FOUND"
+
+
+def audit_lines(tmp_path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+
+
+def test_a_repeated_request_is_answered_again_and_audited_again(
+    client: TestClient, tmp_path: Path
+) -> None:
+    first = token(client, "repository:platform/app:pull,push", user="ci-deploy")
+    token(client, "repository:platform/app:pull,push", user="ci-deploy")  # kept from here on
+    again = token(client, "repository:platform/app:pull,push", user="ci-deploy")
+    assert first.status_code == again.status_code == 200
+    # The same signed token (docker push asks many times), under a new request id each time.
+    assert again.json()["token"] == first.json()["token"]
+    assert 0 < again.json()["expires_in"] <= first.json()["expires_in"]
+    assert again.headers["x-request-id"] != first.headers["x-request-id"]
+    assert again.headers["content-type"] == "application/json"
+    assert again.headers["cache-control"] == "no-store"
+    made, replayed = audit_lines(tmp_path)[-2:]  # the second answer, and its replay
+    assert "reused" not in made and replayed["reused"] is True
+    assert replayed["request_id"] == again.headers["x-request-id"]
+    for key in ("subject", "auth", "requested", "granted", "revision", "outcome", "status"):
+        assert replayed[key] == made[key], key
+    # A different header (here: no credentials) is a different request.
+    assert access(token(client, "repository:platform/app:pull,push")) == [
+        {"type": "repository", "name": "platform/app", "actions": []}
+    ]
+
+
+def test_right_credentials_replayed_never_vouch_for_wrong_ones(client: TestClient) -> None:
+    scope = "repository:platform/app:pull,push"
+    assert token(client, scope, user="ci-deploy").status_code == 200
+    query = [("service", SERVICE), ("scope", scope)]
+    wrong = client.get("/auth/token", params=query, auth=("ci-deploy", "not-the-secret"))
+    assert wrong.status_code == 401
+
+
+def test_a_new_policy_revision_ends_replays(client: TestClient, policies: Path) -> None:
+    scope = "repository:platform/app:pull,push"
+    before = token(client, scope, user="ci-deploy")
+    assert access(before)[0]["actions"] == ["pull", "push"]
+    grants = policies / "access.yaml"
+    grants.write_text(grants.read_text() + "\n# a new revision, same rights\n")
+    gateway = client.app.state.gateway
+    assert gateway.source.reload()
+    after = token(client, scope, user="ci-deploy")
+    assert after.json()["token"] != before.json()["token"]
+    assert jwt_parts(after.json()["token"])[1]["revision"] == gateway.source.status().revision
+
+
+def test_a_new_signing_key_ends_replays(client: TestClient) -> None:
+    before = token(client, "repository:library/alpine:pull")
+    gateway = client.app.state.gateway
+    gateway.keys.rotate()
+    after = token(client, "repository:library/alpine:pull")
+    assert jwt_parts(after.json()["token"])[0]["kid"] == gateway.keys.current().kid
+    assert jwt_parts(before.json()["token"])[0]["kid"] != gateway.keys.current().kid
+
+
+def test_a_lockout_is_not_bypassed_by_a_replay(client: TestClient, tmp_path: Path) -> None:
+    scope = "repository:platform/app:pull"
+    for _ in range(3):  # the third is a replay
+        assert token(client, scope, user="bob").status_code == 200
+    assert audit_lines(tmp_path)[-1]["reused"] is True
+    query = [("service", SERVICE), ("scope", scope)]
+    for attempt in range(10):
+        client.get("/auth/token", params=query, auth=("bob", f"guess-{attempt}"))
+    locked = token(client, scope, user="bob")
+    assert locked.status_code == 429
+    assert locked.json()["errors"][0]["code"] == "TOO_MANY_REQUESTS"
+
+
+def test_answers_with_a_refresh_token_are_never_replayed(client: TestClient) -> None:
+    first = token(client, user="bob", offline_token="true").json()["refresh_token"]
+    second = token(client, user="bob", offline_token="true").json()["refresh_token"]
+    assert first != second
+
+
+def test_an_unexpected_error_is_a_registry_500_without_a_traceback(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(client.app.state.gateway.tokens, "handle_get", broken)
+    answer = token(client, "repository:library/alpine:pull")
+    assert answer.status_code == 500
+    assert answer.json()["errors"][0]["code"] == "INTERNAL"
+    assert "boom" not in answer.text and "Traceback" not in answer.text
+    assert answer.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        b"service=r&scope=repository%3Aa%2Fb%3Apull%2Cpush&scope=repository:c:pull",
+        b"scope=a+b&scope=&flag&=x&&service=%E2%9C%93&q=%zz&plus=%2B",
+        b"scope=repository:a:pull%20repository:b:push&offline_token=true",
+        "service=caf\u00e9".encode("latin-1"),
+    ],
+)
+def test_query_parameters_are_read_as_starlette_reads_them(query: bytes) -> None:
+    from starlette.datastructures import QueryParams
+
+    from gateway.auth.endpoint import query_params
+
+    expected: dict[str, list[str]] = {}
+    for key, value in QueryParams(query).multi_items():
+        expected.setdefault(key, []).append(value)
+    assert query_params(query) == expected
+
+
+def test_a_remembered_sign_in_ends_with_the_policy_revision(
+    client: TestClient, policies: Path
+) -> None:
+    assert token(client, "repository:platform/app:pull", user="carol").status_code == 200
+    people = policies / "people.yaml"
+    text = people.read_text()
+    people.write_text(text[: text.index("  carol:")] + text[text.index("  dave:") :])
+    teams = policies / "teams.yaml"
+    teams.write_text(teams.read_text().replace("viewers: [carol]", "viewers: []"))
+    (policies / "tests" / "access.yaml").write_text("[]\n")
+    assert client.app.state.gateway.source.reload()
+    # Another scope, the same header: signed in afresh, and carol is gone.
+    assert token(client, "repository:platform/other:pull", user="carol").status_code == 401

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import hashlib
+import json
+import secrets
 import time
+import urllib.parse
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -10,9 +16,11 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Send
+from starlette.types import Scope as AsgiScope
 
 from gateway import metrics
-from gateway.audit import AuditLog
+from gateway.audit import AuditLog, now_iso
 from gateway.auth.identity import (
     ANONYMOUS,
     AuthenticationFailed,
@@ -22,13 +30,14 @@ from gateway.auth.identity import (
     basic_credentials,
 )
 from gateway.auth.scope import Scope, ScopeError, format_scope, parse_scopes
-from gateway.auth.tokens import IssuedToken, TokenError, TokenIssuer
+from gateway.auth.tokens import TokenError, TokenIssuer
 from gateway.config import Settings
 from gateway.policy.engine import Engine
 from gateway.policy.source import PolicySource
 
 MAX_QUERY = 8192
 MAX_FORM = 16384
+MAX_REPLAYED_QUERY = 2048  # longer queries are answered afresh every time
 _TRUE = ("true", "1", "yes")
 
 
@@ -53,11 +62,28 @@ class BadRequest(Exception):
         self.status = status
 
 
+# Cache entries hold only strings, numbers and tuples of them: a full garbage collection then
+# has a few objects per entry to walk, not a graph of dicts and lists (with 10,000 entries
+# that graph made 50 ms pauses).
+
+
 @dataclass(frozen=True, slots=True)
 class _Cached:
-    token: IssuedToken
-    minted: float
-    access: list[dict[str, Any]]
+    """A signed access token and what it grants."""
+
+    token: str
+    expires_in: int
+    issued_at: str
+    minted: float  # time.time() when it was signed
+    access: tuple[tuple[str, str, tuple[str, ...]], ...]  # (type, name, granted actions)
+    kid: str
+
+    def granted(self) -> list[dict[str, Any]]:
+        """The token's `access` claim, as the audit log shows it."""
+        return [{"type": t, "name": n, "actions": list(a)} for t, n, a in self.access]
+
+    def remaining(self, now: float) -> int:
+        return max(1, self.expires_in - int(now - self.minted))
 
 
 class TokenCache:
@@ -85,6 +111,203 @@ class TokenCache:
             self._items.popitem(last=False)
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A 200 answer serialised once: for its first sending and for every replay."""
+
+    cached: _Cached
+    head: bytes  # the JSON body up to the expires_in value
+    tail: bytes  # and after it
+    audit: str  # the audit record's fixed fields, serialised, without braces
+    decisions: str  # per resource, how its decision counts in the metrics (metrics.DECISION_CODES)
+
+    def body(self, now: float) -> bytes:
+        return self.head + str(self.cached.remaining(now)).encode() + self.tail
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A 200 answer to one exact GET (query and Authorization header), to send again."""
+
+    revision: str
+    kid: str
+    generation: tuple[Any, ...]
+    deadline: float  # time.monotonic() after which the request is answered afresh
+    prepared: _Prepared
+
+
+class AnswerCache:
+    """Answers to GETs seen lately, by raw query string and a keyed hash of the Authorization
+    header: `docker push` asks for the same token many times in a few seconds.
+
+    Only answers that `TokenService` would give again unchanged are kept, and only while they
+    would be: same policy revision, signing key and authenticator generation (no failed
+    sign-in or htpasswd change since), within the token reuse window, and for slow-hash and
+    LDAP sign-ins within the verified-credential cache's TTL. An entry needs the exact bytes
+    of a header that once authenticated; no password is kept (the hash key is random per
+    process).
+    """
+
+    def __init__(self, size: int = 10000) -> None:
+        self.size = size
+        self._key = secrets.token_bytes(32)
+        self._items: dict[tuple[bytes, bytes], _Answer] = {}
+        self._seen: dict[tuple[bytes, bytes], None] = {}  # keys answered once lately
+        # Authorization headers that signed in lately: digest -> (identity, user name,
+        # revision, generation, deadline). A request for other scopes skips the sign-in.
+        self._sign_ins: dict[bytes, tuple[Identity, str, str, tuple[Any, ...], float]] = {}
+
+    def digest(self, authorization: bytes | None) -> bytes:
+        if not authorization:
+            return b""
+        return hashlib.blake2b(authorization, key=self._key, digest_size=16).digest()
+
+    def get(
+        self,
+        key: tuple[bytes, bytes],
+        revision: str,
+        kid: str,
+        generation: tuple[Any, ...],
+        now: float,
+    ) -> _Answer | None:
+        answer = self._items.get(key)
+        if answer is None:
+            return None
+        if (
+            now < answer.deadline
+            and answer.revision == revision
+            and answer.kid == kid
+            and answer.generation == generation
+        ):
+            return answer
+        del self._items[key]
+        return None
+
+    def wanted(self, key: tuple[bytes, bytes]) -> bool:
+        """Whether an answer to `key` is worth keeping: only once the same request came twice.
+
+        Most requests that ask for a new repository never come again; noting their key costs
+        less than keeping their answer. A request that repeats is answered afresh twice.
+        """
+        seen = self._seen
+        if key in seen:
+            return True
+        seen[key] = None
+        if len(seen) > self.size:
+            del seen[next(iter(seen))]
+        return False
+
+    def put(self, key: tuple[bytes, bytes], answer: _Answer) -> None:
+        items = self._items
+        items.pop(key, None)
+        items[key] = answer
+        if len(items) > self.size:
+            del items[next(iter(items))]  # the oldest
+
+    def signed_in(
+        self, digest: bytes, revision: str, generation: tuple[Any, ...], now: float
+    ) -> tuple[Identity, str] | None:
+        """Who this header signed in as lately, if that may still stand (as for answers)."""
+        found = self._sign_ins.get(digest)
+        if found is None:
+            return None
+        identity, username, made_revision, made_generation, deadline = found
+        if now < deadline and made_revision == revision and made_generation == generation:
+            return identity, username
+        del self._sign_ins[digest]
+        return None
+
+    def remember_sign_in(
+        self,
+        digest: bytes,
+        identity: Identity,
+        username: str,
+        revision: str,
+        generation: tuple[Any, ...],
+        deadline: float,
+    ) -> None:
+        sign_ins = self._sign_ins
+        sign_ins[digest] = (identity, username, revision, generation, deadline)
+        if len(sign_ins) > self.size:
+            del sign_ins[next(iter(sign_ins))]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# Sign-ins whose proof may be replayed for the whole reuse window: a constant-time compare
+# against the policy (robots, personal access tokens) or no credentials at all.
+_REPLAY_ALWAYS = frozenset({"anonymous", "robot", "access_token"})
+# Slow hashes and LDAP binds: only as long as the verified-credential cache would vouch.
+_REPLAY_WITH_AUTH_CACHE = frozenset({"password", "htpasswd", "ldap"})
+_AUDIT_KEPT_PER_REQUEST = ("request_id", "client", "user_agent")
+
+
+async def _send_json(send: Send, body: bytes, request_id: str) -> None:
+    """A 200 JSON answer, as JSONResponse would send it, without building one."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-length", str(len(body)).encode()),
+                (b"content-type", b"application/json"),
+                (b"cache-control", b"no-store"),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# The same few scopes come again and again, percent-encoded the same way.
+_unquote = functools.lru_cache(maxsize=4096)(urllib.parse.unquote_plus)
+
+
+def query_params(query: bytes) -> dict[str, list[str]]:
+    """The query string's parameters, every value of each, read as Starlette's QueryParams
+    reads them (the bytes as Latin-1, then `parse_qsl` with blank values kept: `+` is a space,
+    `%XX` is UTF-8 with replacement), without building a multi-dict on every token request."""
+    params: dict[str, list[str]] = {}
+    for part in query.decode("latin-1").split("&"):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if "%" in key or "+" in key:
+            key = _unquote(key)
+        if "%" in value or "+" in value:
+            value = _unquote(value)
+        values = params.get(key)
+        if values is None:
+            params[key] = [value]
+        else:
+            values.append(value)
+    return params
+
+
+def _decision_codes(scopes: list[Scope], cached: _Cached) -> str:
+    return "".join(
+        metrics.decision_code(len(s.actions), len(a))
+        for s, (_, _, a) in zip(scopes, cached.access, strict=True)
+    )
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+_midnight = [0.0]  # the next local midnight, as a time.monotonic() value
+
+
+def _next_midnight(now: float) -> float:
+    """The next local midnight (when `expires` dates of robots and tokens take effect)."""
+    if now >= _midnight[0]:
+        wall = dt.datetime.now()
+        tomorrow = dt.datetime.combine(wall.date() + dt.timedelta(days=1), dt.time())
+        _midnight[0] = now + (tomorrow - wall).total_seconds()
+    return _midnight[0]
+
+
 class TokenService:
     """The token endpoint. Nothing below it knows about HTTP."""
 
@@ -102,32 +325,175 @@ class TokenService:
         self.authenticator = authenticator
         self.audit = audit
         self.cache = TokenCache(window=min(30.0, settings.token_ttl / 10))
+        self.answers = AnswerCache()
         self.challenge = f'Basic realm="{settings.realm}"'
+        self._issued = metrics.TOKEN_REQUESTS.labels("issued", "200")
+        self._requests: dict[tuple[str, int], Any] = {("issued", 200): self._issued}
 
     # -- HTTP entry points -------------------------------------------------------------
 
-    async def get(self, request: Request) -> Response:
-        """The Docker token spec's GET, with Basic credentials or none."""
-        started = time.perf_counter()
-        ctx = self._context(request)
+    async def handle_get(
+        self, scope: AsgiScope, send: Send, request_id: str, started: float
+    ) -> int:
+        """The Docker token spec's GET, with Basic credentials or none, as plain ASGI (see
+        `gateway.middleware.TokenFront`); returns the status sent."""
+        authorization = agent = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"user-agent":
+                agent = value
+        client = scope.get("client")
+        host = client[0] if client else None
+        query: bytes = scope["query_string"]
+        engine = self.source.engine
+        key = None
+        if engine is not None and len(query) <= MAX_REPLAYED_QUERY:
+            key = (query, self.answers.digest(authorization))
+            answer = self.answers.get(
+                key,
+                engine.revision,
+                self.issuer.keystore.current().kid,
+                self.authenticator.generation,
+                time.monotonic(),
+            )
+            if answer is not None:
+                await self._replay(answer, send, request_id, host, agent, started)
+                return 200
+        ctx: dict[str, Any] = {
+            "request_id": request_id,
+            "client": host,
+            "method": "GET",
+            "user_agent": agent.decode("latin-1")[:200] if agent else "",
+        }
+        generation = self.authenticator.generation
+        reply, fresh = await self._get(
+            query,
+            authorization.decode("latin-1") if authorization else None,
+            ctx,
+            started,
+            key[1] if key is not None and authorization else b"",
+        )
+        if isinstance(reply, bytes):
+            # A failure while this request was waiting may have started a lockout: not kept.
+            unchanged = generation == self.authenticator.generation
+            if fresh is not None and key is not None and unchanged and self.answers.wanted(key):
+                self._remember(key, fresh, ctx["revision"])
+            await _send_json(send, reply, request_id)
+            return 200
+        await reply(scope, _no_receive, send)
+        return reply.status_code
+
+    async def _get(
+        self,
+        query: bytes,
+        authorization: str | None,
+        ctx: dict[str, Any],
+        started: float,
+        digest: bytes = b"",
+    ) -> tuple[bytes | Response, tuple[Identity, _Prepared] | None]:
+        """A 200 body (and, if it may be replayed, what made it), or the error response."""
         try:
-            if len(request.scope["query_string"]) > MAX_QUERY:
+            if len(query) > MAX_QUERY:
                 raise BadRequest("REQUEST_TOO_LARGE", f"the query is longer than {MAX_QUERY} bytes")
-            params = request.query_params
-            self._check_service(params.get("service"))
-            scopes = self._scopes(params.getlist("scope"))
+            params = query_params(query)
+            self._check_service(params.get("service", [None])[0])
+            scopes = self._scopes(params.get("scope", []))
             ctx["requested"] = [format_scope(s) for s in scopes]
             engine = self._engine()
-            identity = await self._basic(request, engine, ctx)
-            offline = params.get("offline_token", "").lower() in _TRUE
-            body = self._grant(engine, identity, scopes, offline, ctx)
-            return self._answer(200, body, ctx, started)
+            identity = await self._basic(authorization, engine, ctx, digest)
+            cached = self._grant(engine, identity, scopes, ctx)
+            now = time.time()
+            if params.get("offline_token", [""])[0].lower() in _TRUE and identity.refreshable:
+                metrics.count_decisions(_decision_codes(scopes, cached))
+                body = self._body(cached, now)
+                body["refresh_token"] = self._refresh_token(identity, ctx)
+                self._audit("issued", 200, ctx, started)
+                return json.dumps(body, separators=(",", ":")).encode(), None
+            prepared = self._prepare(cached, scopes, ctx)
+            self._audit_prepared(prepared, ctx, started, reused=False)
+            return prepared.body(now), (identity, prepared)
         except BadRequest as exc:
-            return self._fail(exc, ctx, started)
+            return self._fail(exc, ctx, started), None
         except TooManyAttempts as exc:
-            return self._too_many(exc, ctx, started)
+            return self._too_many(exc, ctx, started), None
         except AuthenticationFailed as exc:
-            return self._unauthorized(exc, ctx, started)
+            return self._unauthorized(exc, ctx, started), None
+
+    def _prepare(self, cached: _Cached, scopes: list[Scope], ctx: dict[str, Any]) -> _Prepared:
+        """Serialise a 200 answer's body and audit fields once, for it and its replays."""
+        # A JWS compact token is base64url and dots: nothing in it needs JSON escaping.
+        head = f'{{"token":"{cached.token}","access_token":"{cached.token}","expires_in":'
+        fixed = {
+            "event": "token",
+            "outcome": "issued",
+            "status": 200,
+            **{k: v for k, v in ctx.items() if k not in _AUDIT_KEPT_PER_REQUEST},
+        }
+        return _Prepared(
+            cached=cached,
+            head=head.encode(),
+            tail=(',"issued_at":"' + cached.issued_at + '"}').encode(),
+            audit=json.dumps(fixed, separators=(",", ":"), default=str)[1:-1],
+            decisions=_decision_codes(scopes, cached),
+        )
+
+    def _audit_prepared(
+        self, prepared: _Prepared, ctx: dict[str, Any], started: float, *, reused: bool
+    ) -> None:
+        """The audit line, metrics included, of a 200 answer from its prepared fields."""
+        duration = time.perf_counter() - started
+        self.audit.write_line(
+            f'{{"time":"{now_iso()}","log":"audit",{prepared.audit},'
+            f'"request_id":"{ctx["request_id"]}","client":{json.dumps(ctx["client"])},'
+            f'"user_agent":{json.dumps(ctx["user_agent"])},'
+            + ('"reused":true,' if reused else "")
+            + f'"duration_ms":{round(duration * 1000, 3)}}}'
+        )
+        self._issued.inc()
+        metrics.TOKEN_LATENCY.observe(duration)
+        metrics.count_decisions(prepared.decisions)
+
+    def _remember(
+        self, key: tuple[bytes, bytes], fresh: tuple[Identity, _Prepared], revision: str
+    ) -> None:
+        """Keep a fresh 200 answer to replay, if the sign-in behind it may be replayed."""
+        identity, prepared = fresh
+        now = time.monotonic()
+        age = time.time() - prepared.cached.minted
+        deadline = self._replay_deadline(identity.method, now, age)
+        if deadline > now:
+            generation = self.authenticator.generation
+            answer = _Answer(revision, prepared.cached.kid, generation, deadline, prepared)
+            self.answers.put(key, answer)
+
+    def _replay_deadline(self, method: str, now: float, age: float = 0.0) -> float:
+        """Until when a sign-in by `method` (and an answer `age` seconds old) may be replayed;
+        `now` or earlier: not at all."""
+        lifetime = self.cache.window - age
+        if method in _REPLAY_WITH_AUTH_CACHE:
+            lifetime = min(lifetime, self.authenticator.cache.ttl)
+        elif method not in _REPLAY_ALWAYS:
+            return now
+        return min(now + lifetime, _next_midnight(now))
+
+    async def _replay(
+        self,
+        answer: _Answer,
+        send: Send,
+        request_id: str,
+        host: str | None,
+        agent: bytes | None,
+        started: float,
+    ) -> None:
+        prepared = answer.prepared
+        await _send_json(send, prepared.body(time.time()), request_id)
+        ctx = {
+            "request_id": request_id,
+            "client": host,
+            "user_agent": agent.decode("latin-1")[:200] if agent else "",
+        }
+        self._audit_prepared(prepared, ctx, started, reused=True)
 
     async def post(self, request: Request) -> Response:
         """The OAuth2 form (distribution's oauth.md): password and refresh_token grants."""
@@ -169,7 +535,11 @@ class TokenService:
             else:
                 raise BadRequest("UNSUPPORTED", "grant_type must be password or refresh_token")
             ctx["auth"] = identity.method
-            body = self._grant(engine, identity, scopes, offline, ctx)
+            cached = self._grant(engine, identity, scopes, ctx)
+            metrics.count_decisions(_decision_codes(scopes, cached))
+            body = self._body(cached, time.time())
+            if offline and identity.refreshable:
+                body["refresh_token"] = self._refresh_token(identity, ctx)
             body["scope"] = " ".join(
                 format_scope(Scope(a["type"], a["name"], tuple(a["actions"])))
                 for a in ctx["granted"]
@@ -221,20 +591,38 @@ class TokenService:
         except ScopeError as exc:
             raise BadRequest("SCOPE_INVALID", str(exc)) from None
 
-    async def _basic(self, request: Request, engine: Engine, ctx: dict[str, Any]) -> Identity:
-        header = request.headers.get("authorization")
+    async def _basic(
+        self, header: str | None, engine: Engine, ctx: dict[str, Any], digest: bytes = b""
+    ) -> Identity:
+        """Who the Authorization header signs in as. With `digest` (the header's keyed hash),
+        a header that signed in lately is taken at its word under the same conditions as a
+        replayed answer (docs/authentication.md, "Repeated requests")."""
         if not header:
             ctx["auth"] = "anonymous"
             return ANONYMOUS
+        authenticator = self.authenticator
+        generation = authenticator.generation
+        if digest:
+            now = time.monotonic()
+            known = self.answers.signed_in(digest, engine.revision, generation, now)
+            if known is not None:
+                identity, ctx["username"] = known
+                ctx["auth"] = identity.method
+                return identity
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
             raise AuthenticationFailed("unsupported authorization scheme")
         username, password = basic_credentials(value)
         ctx["username"] = username[:200]
-        identity = await self.authenticator.password(
-            engine, username, password, client=ctx["client"]
-        )
+        identity = await authenticator.password(engine, username, password, client=ctx["client"])
         ctx["auth"] = identity.method
+        if digest and generation == authenticator.generation:
+            now = time.monotonic()
+            deadline = self._replay_deadline(identity.method, now)
+            if deadline > now:
+                self.answers.remember_sign_in(
+                    digest, identity, ctx["username"], engine.revision, generation, deadline
+                )
         return identity
 
     def _refresh(self, engine: Engine, token: str, ctx: dict[str, Any]) -> Identity:
@@ -248,14 +636,9 @@ class TokenService:
         return self.authenticator.refresh(engine, claims)
 
     def _grant(
-        self,
-        engine: Engine,
-        identity: Identity,
-        scopes: list[Scope],
-        offline: bool,
-        ctx: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Decide every scope, sign the granted access, and build the response body."""
+        self, engine: Engine, identity: Identity, scopes: list[Scope], ctx: dict[str, Any]
+    ) -> _Cached:
+        """Decide every scope and sign the granted access (or reuse a token signed lately)."""
         subject = identity.subject
         ctx["subject"] = str(subject)
         ctx["auth"] = identity.method
@@ -263,42 +646,54 @@ class TokenService:
             ctx["token_name"] = identity.via.removeprefix("token:")
         ctx["revision"] = engine.revision
         now = time.time()
+        kid = self.issuer.keystore.current().kid
         # A new revision or a new signing key never reuses a token made before it.
         key = (
-            subject,
+            subject.kind,
+            subject.name,
+            subject.groups,
+            subject.directory,
             identity.actions,
-            tuple(scopes),
+            tuple(ctx["requested"]),
             engine.revision,
-            self.issuer.keystore.current().kid,
+            kid,
         )
         cached = self.cache.get(key, now)
         if cached is None:
-            access = [engine.decide(subject, s.type, s.name, s.actions).access() for s in scopes]
-            if identity.actions is not None:  # a personal access token's cap
-                for entry in access:
-                    entry["actions"] = [a for a in entry["actions"] if identity.allows(a)]
-            claims = {"revision": engine.revision}
+            granted = engine.granted
+            access = []
+            for s in scopes:
+                actions = granted(subject, s.type, s.name, s.actions)
+                if identity.actions is not None:  # a personal access token's cap
+                    actions = tuple(a for a in actions if identity.allows(a))
+                access.append((s.type, s.name, actions))
             token = self.issuer.issue_access_token(
-                subject.name if subject.kind != "anonymous" else "", access, extra_claims=claims
+                subject.name if subject.kind != "anonymous" else "",
+                [{"type": t, "name": n, "actions": a} for t, n, a in access],
+                extra_claims={"revision": engine.revision},
             )
-            cached = _Cached(token, now, access)
+            cached = _Cached(
+                token.token, token.expires_in, token.issued_at, now, tuple(access), kid
+            )
             self.cache.put(key, cached)
-        ctx["granted"] = cached.access
-        for scope, entry in zip(scopes, cached.access, strict=True):
-            metrics.decision(len(scope.actions), len(entry["actions"]))
-        remaining = max(1, cached.token.expires_in - int(now - cached.minted))
-        body: dict[str, Any] = {
-            "token": cached.token.token,
-            "access_token": cached.token.token,
-            "expires_in": remaining,
-            "issued_at": cached.token.issued_at,
+        ctx["granted"] = cached.granted()
+        return cached
+
+    @staticmethod
+    def _body(cached: _Cached, now: float) -> dict[str, Any]:
+        return {
+            "token": cached.token,
+            "access_token": cached.token,
+            "expires_in": cached.remaining(now),
+            "issued_at": cached.issued_at,
         }
-        if offline and identity.refreshable:
-            body["refresh_token"] = self.issuer.issue_refresh_token(
-                subject.name, subject.kind, fingerprint=identity.fingerprint, via=identity.via
-            )
-            ctx["refresh_token_issued"] = True
-        return body
+
+    def _refresh_token(self, identity: Identity, ctx: dict[str, Any]) -> str:
+        subject = identity.subject
+        ctx["refresh_token_issued"] = True
+        return self.issuer.issue_refresh_token(
+            subject.name, subject.kind, fingerprint=identity.fingerprint, via=identity.via
+        )
 
     # -- answers -----------------------------------------------------------------------
 
@@ -361,7 +756,12 @@ class TokenService:
         }
         record.setdefault("revision", self.source.engine.revision if self.source.engine else None)
         self.audit.write(record)
-        metrics.TOKEN_REQUESTS.labels(outcome, str(status)).inc()
+        counter = self._requests.get((outcome, status))
+        if counter is None:
+            counter = self._requests[outcome, status] = metrics.TOKEN_REQUESTS.labels(
+                outcome, str(status)
+            )
+        counter.inc()
         metrics.TOKEN_LATENCY.observe(record["duration_ms"] / 1000)
         if outcome == "denied":
             metrics.SIGNIN_FAILURES.labels(ctx.get("auth") or "password").inc()

@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import os
@@ -115,6 +116,7 @@ class TooManyAttempts(AuthenticationFailed):
         return self.refusal.retry_after
 
 
+@functools.lru_cache(maxsize=4096)
 def fingerprint(secret_hash: str | None) -> str | None:
     """A short, one-way tag of a stored credential: changing the password revokes refresh tokens."""
     if not secret_hash:
@@ -216,6 +218,7 @@ class Authenticator:
         # event loop). Others wait their turn; identical checks already share one result.
         self._hash_threads = CapacityLimiter(os.cpu_count() or 1)
         self._pending: dict[tuple[str, str, str, str], asyncio.Future[Any]] = {}
+        self._failures = 0  # counted failed sign-ins since start (see `generation`)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
@@ -228,6 +231,14 @@ class Authenticator:
             throttle=throttle_for(settings),
             repeat_window=settings.lockout_window,
         )
+
+    @property
+    def generation(self) -> tuple[int, str | None]:
+        """Changes whenever an answer given to right credentials may no longer be given again
+        without checking: a counted failure (it may have started a lockout) or a new htpasswd
+        file. The token endpoint replays recent answers only within one generation."""
+        htpasswd = self.htpasswd
+        return (self._failures, htpasswd.entries.revision if htpasswd is not None else None)
 
     async def _slow_failure(self, reason: str, username: str) -> AuthenticationFailed:
         await anyio.to_thread.run_sync(
@@ -253,6 +264,7 @@ class Authenticator:
             identity = await self._verify(engine, username, password)
         except AuthenticationFailed as exc:
             if exc.counts and self._recent_failures.get("failed", username, password) is None:
+                self._failures += 1
                 self._recent_failures.put("failed", username, password)
                 exc.locked = await self.throttle.failed(username, client, token=token)
             elif exc.counts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,8 +64,13 @@ def _quote(text: str) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_scope(text: str) -> Scope:
-    """Parse one scope such as `repository:library/alpine:pull,push`."""
+    """Parse one scope such as `repository:library/alpine:pull,push`.
+
+    Cached: clients ask for the same few scopes again and again, and a Scope is immutable
+    (errors are not cached: they are raised again).
+    """
     if len(text) > MAX_SCOPE_LENGTH:
         raise ScopeError(f"invalid scope {_quote(text)}: longer than {MAX_SCOPE_LENGTH} characters")
     first, last = text.find(":"), text.rfind(":")
@@ -134,6 +140,7 @@ def parse_scopes(values: Iterable[str], *, max_scopes: int = 100) -> list[Scope]
     return list(merged.values())
 
 
+@functools.lru_cache(maxsize=4096)
 def format_scope(scope: Scope) -> str:
     """Render a scope back to its `type[(class)]:name:actions` text."""
     type_text = f"{scope.type}({scope.type_class})" if scope.type_class else scope.type
