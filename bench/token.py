@@ -56,6 +56,12 @@ PLACEHOLDER = "__N__"  # replaced per request by a number unique to the run
 ROBOT = ("ci-deploy", "ci-deploy-example-robot-secret")
 USER = ("bob", "bob-example-password")
 
+# The cases issue 3 names (and its floors): the p99 target applies to these. The other cases
+# change one setting from its default (no auth cache, a cheap hash, no logs) to show its cost.
+ISSUE_CASES = frozenset(
+    {"floor-bare", "floor-sign", "anonymous", "robot-distinct", "robot-repeat", "user-5-scopes"}
+)
+
 # Targets from issue 3 ("Speed").
 DISTINCT_VS_SIGN = 0.60
 REPEAT_VS_BARE = 0.50
@@ -1077,14 +1083,18 @@ def report(
                 f"no request completed in {r.seconds:.0f} s{extra}",
             )
             continue
-        target(
-            f"p99 < {P99_LIMIT_MS:.0f} ms, {r.case.name}",
-            r.p99 < P99_LIMIT_MS and r.non2xx == 0 and r.errors == 0,
+        passed = r.p99 < P99_LIMIT_MS and r.non2xx == 0 and r.errors == 0
+        detail = (
             f"p99 {fmt_ms(r.p99)} ms"
             + (f", {r.non2xx} non-2xx" if r.non2xx else "")
             + (f", {r.errors} errors" if r.errors else "")
-            + extra,
+            + extra
         )
+        if r.case.name in ISSUE_CASES:
+            target(f"p99 < {P99_LIMIT_MS:.0f} ms, {r.case.name}", passed, detail)
+        else:  # a variant with a setting off its default, to show what that setting costs
+            verdict = "info" if passed else "info (over)"
+            p(f"  {verdict}  p99 < {P99_LIMIT_MS:.0f} ms, {r.case.name} (a variant): {detail}")
     for r in results:
         if r.failure:
             missed.append(f"{r.case.name} failed")
