@@ -381,7 +381,7 @@ def create_app(settings: Settings | None = None) -> TokenFront:
         Route("/-/notifications", gateway.notifications, methods=["POST"], name="notifications"),
     ]
     routes += ui_routes(gateway)
-    middleware = [Middleware(RequestLog)]
+    middleware = [Middleware(RequestLog, access_log=settings.access_log)]
     app = Starlette(
         routes=routes,
         middleware=middleware,
@@ -389,4 +389,4 @@ def create_app(settings: Settings | None = None) -> TokenFront:
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     app.state.gateway = gateway
-    return TokenFront(app, gateway.tokens)
+    return TokenFront(app, gateway.tokens, access_log=settings.access_log)

@@ -209,6 +209,13 @@ FIELDS: tuple[Field, ...] = (
     Field("log_level", "info", _choice("debug", "info", "warning", "error"), "server log level"),
     Field("log_format", "json", _choice("json", "text"), "server log format"),
     Field(
+        "access_log",
+        True,
+        _bool,
+        "one server log line per request (false: none; the audit still has every token request, "
+        "with its request id)",
+    ),
+    Field(
         "registry_url", None, _optional(_url), "the registry's API, for the catalog UI (optional)"
     ),
     Field(
@@ -364,6 +371,7 @@ class Settings:
     audit_log: str
     log_level: str
     log_format: str
+    access_log: bool
     registry_url: str | None
     registry_public: str | None
     max_scopes: int

@@ -78,8 +78,9 @@ async def _disconnected() -> Message:
 class RequestLog:
     """Give every request an id (the caller's X-Request-ID if sane), echo it, log the outcome."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,7 +108,8 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            access_line(scope, rid, status, started)
+            if self.access_log:
+                access_line(scope, rid, status, started)
 
 
 class TokenFront:
@@ -118,9 +120,10 @@ class TokenFront:
     logged and answered like Starlette's (a JSON 500 in the registry's format, no traceback).
     """
 
-    def __init__(self, app: Starlette, tokens: TokenService) -> None:
+    def __init__(self, app: Starlette, tokens: TokenService, access_log: bool = True) -> None:
         self.app = app
         self.tokens = tokens
+        self.access_log = access_log
 
     def __getattr__(self, name: str) -> Any:
         # state, routes, url_path_for ...: the Starlette app's, for callers that hold this one.
@@ -149,6 +152,7 @@ class TokenFront:
                     )
                     await internal_error(scope, send, rid)
                 finally:
-                    access_line(scope, rid, status, started)
+                    if self.access_log:
+                        access_line(scope, rid, status, started)
                 return
         await self.app(scope, receive, send)

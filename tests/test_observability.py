@@ -42,6 +42,24 @@ def test_request_id_is_shared_by_access_log_audit_and_response(tmp_path: Path) -
         gateway.stop()
 
 
+def test_access_log_off_keeps_the_audit(tmp_path: Path) -> None:
+    gateway = start_gateway(tmp_path / "gw", args=["--access-log", "false"])
+    try:
+        for _ in range(3):  # fresh, fresh, replayed
+            httpx.get(
+                f"{gateway.url}/auth/token",
+                params={"service": gateway.service, "scope": "repository:library/x:pull"},
+                headers={"X-Request-ID": "quiet-1"},
+            )
+        httpx.get(f"{gateway.url}/healthz", headers={"X-Request-ID": "quiet-2"})
+        assert len([r for r in gateway.audit() if r.get("request_id") == "quiet-1"]) == 3
+        time.sleep(0.2)
+        assert "quiet-" not in gateway.logs()
+        assert "serving policy revision" in gateway.logs()  # other server lines stay
+    finally:
+        gateway.stop()
+
+
 def test_metrics_count_outcomes_decisions_and_reloads(tmp_path: Path) -> None:
     gateway = start_gateway(tmp_path / "gw")
     try:
