@@ -17,21 +17,24 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
 }
 
 
+def json_line(level: str, logger: str, message: str, fields: dict[str, Any]) -> str:
+    """One server log line: time, level, logger and message, then the record's own fields."""
+    data: dict[str, Any] = {"time": now_iso(), "level": level, "logger": logger, "message": message}
+    data.update(fields)
+    return json.dumps(data, default=str, separators=(",", ":"))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "time": now_iso(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
+        fields = {
+            key: value
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and not key.startswith("_")
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                data[key] = value
         if record.exc_info and record.exc_info[0] is not None:
-            data["exception"] = record.exc_info[0].__name__
-            data["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, separators=(",", ":"))
+            fields["exception"] = record.exc_info[0].__name__
+            fields["traceback"] = self.formatException(record.exc_info)
+        return json_line(record.levelname.lower(), record.name, record.getMessage(), fields)
 
 
 def _sole_json_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
@@ -73,9 +76,7 @@ def info_fast(logger: logging.Logger, message: str, fields: dict[str, Any]) -> N
     if handler is None:
         logger.info(message, extra=fields)
         return
-    data = {"time": now_iso(), "level": "info", "logger": logger.name, "message": message}
-    data.update(fields)
-    line = json.dumps(data, default=str, separators=(",", ":")) + handler.terminator
+    line = json_line("info", logger.name, message, fields) + handler.terminator
     handler.acquire()
     try:
         handler.stream.write(line)

@@ -92,10 +92,6 @@ def count_decisions(codes: str) -> None:
         _DECISION_CHILDREN[code].inc()
 
 
-def decision(requested: int, granted: int) -> None:
-    _DECISION_CHILDREN[decision_code(requested, granted)].inc()
-
-
 async def endpoint(request: Request) -> Response:
     """GET /metrics in the Prometheus text format."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -28,12 +28,14 @@ _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TOKEN_PATH = "/auth/token"
 
 
-def request_id(given: bytes | None) -> str:
+def request_id(scope: Scope) -> str:
     """The caller's X-Request-ID when it is sane, else a new one."""
-    if given:
-        text = given.decode("latin-1")
-        if _VALID_ID.fullmatch(text):
-            return text
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _VALID_ID.fullmatch(text):
+                return text
+            break
     # An id to find lines by, not a secret: no system call for it on every request.
     return f"{random.getrandbits(128):032x}"
 
@@ -58,7 +60,7 @@ def access_line(scope: Scope, request_id: str, status: int, started: float) -> N
 
 async def internal_error(scope: Scope, send: Send, rid: str) -> None:
     """A registry-format 500, if the response has not started yet."""
-    from gateway.auth.endpoint import registry_error
+    from gateway.auth.endpoint import disconnected, registry_error
 
     response = registry_error(
         500,
@@ -68,11 +70,7 @@ async def internal_error(scope: Scope, send: Send, rid: str) -> None:
     )
     # RuntimeError: the response had already started; uvicorn closes the connection.
     with contextlib.suppress(RuntimeError):
-        await response(scope, _disconnected, send)
-
-
-async def _disconnected() -> Message:
-    return {"type": "http.disconnect"}
+        await response(scope, disconnected, send)
 
 
 class RequestLog:
@@ -87,12 +85,7 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given = None
-        for name, value in scope.get("headers", ()):
-            if name == b"x-request-id":
-                given = value
-                break
-        rid = request_id(given)
+        rid = request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
 
@@ -137,12 +130,7 @@ class TokenFront:
                 path = path[len(root) :]
             if path == TOKEN_PATH:
                 started = time.perf_counter()
-                given = None
-                for name, value in scope["headers"]:
-                    if name == b"x-request-id":
-                        given = value
-                        break
-                rid = request_id(given)
+                rid = request_id(scope)
                 status = 500
                 try:
                     status = await self.tokens.handle_get(scope, send, rid, started)

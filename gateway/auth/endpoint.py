@@ -130,7 +130,6 @@ class _Answer:
     """A 200 answer to one exact GET (query and Authorization header), to send again."""
 
     revision: str
-    kid: str
     generation: tuple[Any, ...]
     deadline: float  # time.monotonic() after which the request is answered afresh
     prepared: _Prepared
@@ -176,7 +175,7 @@ class AnswerCache:
         if (
             now < answer.deadline
             and answer.revision == revision
-            and answer.kid == kid
+            and answer.prepared.cached.kid == kid
             and answer.generation == generation
         ):
             return answer
@@ -189,20 +188,13 @@ class AnswerCache:
         Most requests that ask for a new repository never come again; noting their key costs
         less than keeping their answer. A request that repeats is answered afresh twice.
         """
-        seen = self._seen
-        if key in seen:
+        if key in self._seen:
             return True
-        seen[key] = None
-        if len(seen) > self.size:
-            del seen[next(iter(seen))]
+        _put_newest(self._seen, key, None, self.size)
         return False
 
     def put(self, key: tuple[bytes, bytes], answer: _Answer) -> None:
-        items = self._items
-        items.pop(key, None)
-        items[key] = answer
-        if len(items) > self.size:
-            del items[next(iter(items))]  # the oldest
+        _put_newest(self._items, key, answer, self.size)
 
     def signed_in(
         self, digest: bytes, revision: str, generation: tuple[Any, ...], now: float
@@ -226,13 +218,16 @@ class AnswerCache:
         generation: tuple[Any, ...],
         deadline: float,
     ) -> None:
-        sign_ins = self._sign_ins
-        sign_ins[digest] = (identity, username, revision, generation, deadline)
-        if len(sign_ins) > self.size:
-            del sign_ins[next(iter(sign_ins))]
+        entry = (identity, username, revision, generation, deadline)
+        _put_newest(self._sign_ins, digest, entry, self.size)
 
-    def __len__(self) -> int:
-        return len(self._items)
+
+def _put_newest(items: dict[Any, Any], key: Any, value: Any, size: int) -> None:
+    """Insert `key` as the newest entry, dropping the oldest beyond `size` entries."""
+    items.pop(key, None)
+    items[key] = value
+    if len(items) > size:
+        del items[next(iter(items))]
 
 
 # Sign-ins whose proof may be replayed for the whole reuse window: a constant-time compare
@@ -292,7 +287,8 @@ def _decision_codes(scopes: list[Scope], cached: _Cached) -> str:
     )
 
 
-async def _no_receive() -> Message:
+async def disconnected() -> Message:
+    """An ASGI `receive` for answers that never read the request body."""
     return {"type": "http.disconnect"}
 
 
@@ -328,7 +324,6 @@ class TokenService:
         self.answers = AnswerCache()
         self.challenge = f'Basic realm="{settings.realm}"'
         self._issued = metrics.TOKEN_REQUESTS.labels("issued", "200")
-        self._requests: dict[tuple[str, int], Any] = {("issued", 200): self._issued}
 
     # -- HTTP entry points -------------------------------------------------------------
 
@@ -372,7 +367,7 @@ class TokenService:
             authorization.decode("latin-1") if authorization else None,
             ctx,
             started,
-            key[1] if key is not None and authorization else b"",
+            key[1] if key is not None else b"",
         )
         if isinstance(reply, bytes):
             # A failure while this request was waiting may have started a lockout: not kept.
@@ -381,7 +376,7 @@ class TokenService:
                 self._remember(key, fresh, ctx["revision"])
             await _send_json(send, reply, request_id)
             return 200
-        await reply(scope, _no_receive, send)
+        await reply(scope, disconnected, send)
         return reply.status_code
 
     async def _get(
@@ -405,7 +400,6 @@ class TokenService:
             cached = self._grant(engine, identity, scopes, ctx)
             now = time.time()
             if params.get("offline_token", [""])[0].lower() in _TRUE and identity.refreshable:
-                metrics.count_decisions(_decision_codes(scopes, cached))
                 body = self._body(cached, now)
                 body["refresh_token"] = self._refresh_token(identity, ctx)
                 self._audit("issued", 200, ctx, started)
@@ -441,7 +435,7 @@ class TokenService:
     def _audit_prepared(
         self, prepared: _Prepared, ctx: dict[str, Any], started: float, *, reused: bool
     ) -> None:
-        """The audit line, metrics included, of a 200 answer from its prepared fields."""
+        """The audit line of a 200 answer from its prepared fields, and its request metrics."""
         duration = time.perf_counter() - started
         self.audit.write_line(
             f'{{"time":"{now_iso()}","log":"audit",{prepared.audit},'
@@ -452,7 +446,6 @@ class TokenService:
         )
         self._issued.inc()
         metrics.TOKEN_LATENCY.observe(duration)
-        metrics.count_decisions(prepared.decisions)
 
     def _remember(
         self, key: tuple[bytes, bytes], fresh: tuple[Identity, _Prepared], revision: str
@@ -464,7 +457,7 @@ class TokenService:
         deadline = self._replay_deadline(identity.method, now, age)
         if deadline > now:
             generation = self.authenticator.generation
-            answer = _Answer(revision, prepared.cached.kid, generation, deadline, prepared)
+            answer = _Answer(revision, generation, deadline, prepared)
             self.answers.put(key, answer)
 
     def _replay_deadline(self, method: str, now: float, age: float = 0.0) -> float:
@@ -493,6 +486,7 @@ class TokenService:
             "client": host,
             "user_agent": agent.decode("latin-1")[:200] if agent else "",
         }
+        metrics.count_decisions(prepared.decisions)
         self._audit_prepared(prepared, ctx, started, reused=True)
 
     async def post(self, request: Request) -> Response:
@@ -536,15 +530,10 @@ class TokenService:
                 raise BadRequest("UNSUPPORTED", "grant_type must be password or refresh_token")
             ctx["auth"] = identity.method
             cached = self._grant(engine, identity, scopes, ctx)
-            metrics.count_decisions(_decision_codes(scopes, cached))
             body = self._body(cached, time.time())
             if offline and identity.refreshable:
                 body["refresh_token"] = self._refresh_token(identity, ctx)
-            body["scope"] = " ".join(
-                format_scope(Scope(a["type"], a["name"], tuple(a["actions"])))
-                for a in ctx["granted"]
-                if a["actions"]
-            )
+            body["scope"] = " ".join(format_scope(Scope(t, n, a)) for t, n, a in cached.access if a)
             if grant_type == "refresh_token":
                 body["refresh_token"] = _text(form.get("refresh_token"))
             return self._answer(200, body, ctx, started)
@@ -677,6 +666,7 @@ class TokenService:
             )
             self.cache.put(key, cached)
         ctx["granted"] = cached.granted()
+        metrics.count_decisions(_decision_codes(scopes, cached))
         return cached
 
     @staticmethod
@@ -756,12 +746,7 @@ class TokenService:
         }
         record.setdefault("revision", self.source.engine.revision if self.source.engine else None)
         self.audit.write(record)
-        counter = self._requests.get((outcome, status))
-        if counter is None:
-            counter = self._requests[outcome, status] = metrics.TOKEN_REQUESTS.labels(
-                outcome, str(status)
-            )
-        counter.inc()
+        metrics.TOKEN_REQUESTS.labels(outcome, str(status)).inc()
         metrics.TOKEN_LATENCY.observe(record["duration_ms"] / 1000)
         if outcome == "denied":
             metrics.SIGNIN_FAILURES.labels(ctx.get("auth") or "password").inc()

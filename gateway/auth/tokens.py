@@ -109,7 +109,6 @@ class _Signer:
     """
 
     def __init__(self, key: SigningKey, header: Mapping[str, Any]) -> None:
-        self.kid = key.kid
         jose = json.dumps(
             {"alg": key.algorithm, **header}, separators=(",", ":"), sort_keys=True
         ).encode()

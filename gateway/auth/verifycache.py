@@ -1,11 +1,12 @@
 """Credentials recently proven right, so that a `docker push` costs one slow check, not twenty.
 
 An entry is added only after a slow hash or an LDAP bind succeeded. Its key is a MAC (keyed
-BLAKE2b), under a random key made at start and never stored, of the backend, the user name, the password and
-a `stamp` of the stored credential (the hash in the policy or htpasswd file): no password is
-kept, a memory dump gives nothing to test guesses against without the MAC key, and changing
-a user's stored hash makes every old entry unreachable at once. A wrong password never finds
-an entry, because an entry exists only for a password that was checked right.
+BLAKE2b), under a random key made at start and never stored, of the backend, the user name,
+the password and a `stamp` of the stored credential (the hash in the policy or htpasswd
+file): no password is kept, a memory dump gives nothing to test guesses against without the
+MAC key, and changing a user's stored hash makes every old entry unreachable at once. A wrong
+password never finds an entry, because an entry exists only for a password that was checked
+right.
 
 Per process and in memory: replicas each keep their own, which only saves work, never decides.
 """
