@@ -4,7 +4,6 @@ schemas, offline, from the kubernetes-validate package)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import subprocess
@@ -15,13 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from kubernetes_validate import utils as kubernetes_validate
 
 from support.binaries import require
+from support.certs import self_signed
 from support.nginx import nginx_binary
 from support.registry import free_port
 
@@ -292,35 +288,17 @@ def test_nginx_conf_balances_every_replica_and_retries(compose: dict[str, Any]) 
         assert path.startswith("/etc/nginx/certs/"), path
 
 
-def self_signed(directory: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+def write_self_signed(directory: Path) -> None:
+    certificate, key = self_signed("localhost")
     directory.mkdir(parents=True)
-    (directory / "gateway.crt.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "gateway.key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    (directory / "gateway.crt.pem").write_bytes(certificate)
+    (directory / "gateway.key.pem").write_bytes(key)
 
 
 def test_nginx_conf_syntax(tmp_path: Path) -> None:
     """`nginx -t` with Debian's nginx (1.22), after removing what needs 1.27 or Docker's DNS."""
     binary = nginx_binary()
-    self_signed(tmp_path / "certs")
+    write_self_signed(tmp_path / "certs")
     text = (DEPLOY / "nginx" / "nginx.conf").read_text()
     adapted = (
         text.replace(" resolve ", " ")  # 1.27.3+: re-resolve replica names

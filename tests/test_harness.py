@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import gzip
 import hashlib
 import json
@@ -18,12 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from support.binaries import require
+from support.certs import self_signed
 from support.clients import DockerCLI, Podman, Skopeo, ok
 from support.fixtures import OciImage
 from support.images import OCI_INDEX, build_image
@@ -227,27 +223,10 @@ def test_logins_and_pulls_leave_nothing_outside_the_temp_dir(
     assert list(podman.system_dir("/var/lib/containers").rglob("blob-info-cache*"))
 
 
-def _self_signed_bundle(path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "harness")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-
-
 @realworld
 def test_token_auth_registry_challenges_and_restarts(tmp_path: Path) -> None:
     bundle = tmp_path / "bundle.pem"
-    _self_signed_bundle(bundle)
+    bundle.write_bytes(self_signed("harness")[0])
     token = TokenAuth(
         realm="http://127.0.0.1:9/auth/token",
         service="registry.test",
