@@ -55,6 +55,20 @@ def test_robot_pushes_as_team_contributor(
     assert refused(push(skopeo, oci_image, stack, "qa/ci-built", "ci-deploy"))
 
 
+def test_repeated_pushes_get_replayed_tokens_the_registry_accepts(
+    stack: Stack, skopeo: Skopeo, oci_image: OciImage, tmp_path: Path
+) -> None:
+    for _ in range(3):  # the same token request each time: answered afresh twice, then replayed
+        ok(push(skopeo, oci_image, stack, "platform/replayed", "ci-deploy"))
+    replayed = [
+        r
+        for r in stack.gateway.audit()
+        if r.get("reused") and any(a["name"] == "platform/replayed" for a in r["granted"])
+    ]
+    assert replayed and replayed[-1]["subject"] == "robot:ci-deploy"
+    ok(pull(skopeo, stack, "platform/replayed", "ci-deploy", tmp_path))
+
+
 def test_anonymous_pulls_public_namespace_only(
     stack: Stack, skopeo: Skopeo, oci_image: OciImage, tmp_path: Path
 ) -> None:
