@@ -68,7 +68,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from gateway.policy.diff import diff_policies, render_json, render_markdown
+    from gateway.policy.diff import diff_policies
+    from gateway.policy.diffrender import render_json, render_markdown
     from gateway.policy.gitread import PolicyReadError, load_revisions
 
     try:
