@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from gateway.policy.patterns import MAX_REPOSITORY_NAME_LENGTH, is_repository_name
+
 __all__ = [
     "MAX_REPOSITORY_NAME_LENGTH",
     "Scope",
@@ -17,14 +19,10 @@ __all__ = [
     "parse_scopes",
 ]
 
-# distribution's reference.NameTotalLengthMax
-MAX_REPOSITORY_NAME_LENGTH = 255
 # Generous bound for one scope: a maximal repository name plus type, class and actions fits
 # easily; anything longer is garbage and is refused before any regex runs on it.
 MAX_SCOPE_LENGTH = 1024
 
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
-_REPOSITORY_NAME = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TYPE = re.compile(r"(?P<type>[a-z0-9]+)(?:\((?P<class>[a-zA-Z0-9]+)\))?")
 # Other resource types (e.g. `registry:catalog`) have no name grammar; printable ASCII keeps
 # control characters and whitespace out of tokens and logs.
@@ -54,9 +52,8 @@ class Scope:
         return (self.type, self.name)
 
 
-def is_valid_repository_name(name: str) -> bool:
-    """Whether `name` is a repository name the registry accepts (without a host part)."""
-    return len(name) <= MAX_REPOSITORY_NAME_LENGTH and bool(_REPOSITORY_NAME.fullmatch(name))
+# The repository-name grammar is the policy library's; this name stays for its importers.
+is_valid_repository_name = is_repository_name
 
 
 def _quote(text: str) -> str:

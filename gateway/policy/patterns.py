@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-# The distribution grammar for one path component, with '*' allowed as a wildcard.
+# The repository-name grammar of distribution's reference package, without a host part: the
+# one definition in the gateway (token scopes, the catalog and the UI use it too).
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*")
-_GLOB_COMPONENT = re.compile(r"[a-z0-9._*-]+")
 REPOSITORY_NAME = re.compile(rf"{_COMPONENT.pattern}(?:/{_COMPONENT.pattern})*")
-MAX_NAME = 255
+MAX_REPOSITORY_NAME_LENGTH = 255  # reference.NameTotalLengthMax
+# What a pattern component may hold: the component alphabet plus '*' as a wildcard.
+_GLOB_COMPONENT = re.compile(r"[a-z0-9._*-]+")
 
 
 class PatternError(ValueError):
@@ -18,7 +20,7 @@ class PatternError(ValueError):
 
 def is_repository_name(name: str) -> bool:
     """Whether `name` is a valid repository name in the distribution grammar."""
-    return len(name) <= MAX_NAME and REPOSITORY_NAME.fullmatch(name) is not None
+    return len(name) <= MAX_REPOSITORY_NAME_LENGTH and REPOSITORY_NAME.fullmatch(name) is not None
 
 
 def is_component(name: str) -> bool:
@@ -67,8 +69,10 @@ def compile_pattern(text: str) -> Pattern:
     Cached: the loader validates every pattern and the engine then reuses the same objects."""
     if not isinstance(text, str) or not text:
         raise PatternError("a repository pattern must be a non-empty string")
-    if len(text) > MAX_NAME:
-        raise PatternError(f"pattern {text!r} is longer than {MAX_NAME} characters")
+    if len(text) > MAX_REPOSITORY_NAME_LENGTH:
+        raise PatternError(
+            f"pattern {text!r} is longer than {MAX_REPOSITORY_NAME_LENGTH} characters"
+        )
     segments = text.split("/")
     parts: list[str] = []
     last = len(segments) - 1
