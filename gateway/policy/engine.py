@@ -9,8 +9,9 @@ so a decision only looks at rules that could apply to the caller and the reposit
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from gateway.policy._utils import no_cyclic_gc
 from gateway.policy.model import (
@@ -35,6 +36,8 @@ ALL = "*"
 CATALOG = ("registry", "catalog")
 _EVERY_ACTION = frozenset(REPOSITORY_ACTIONS)
 _EVERY_ACTION_AND_ALL = _EVERY_ACTION | {ALL}
+
+_Rule = TypeVar("_Rule", Grant, Restriction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,21 +80,21 @@ class Decision:
 
 
 @dataclass(slots=True)
-class _Bucket:
+class _Bucket(Generic[_Rule]):
     """Rules indexed by the literal first path component of their patterns."""
 
-    by_prefix: dict[str, list[tuple[Pattern, object]]] = field(
+    by_prefix: dict[str, list[tuple[Pattern, _Rule]]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    wild: list[tuple[Pattern, object]] = field(default_factory=list)
+    wild: list[tuple[Pattern, _Rule]] = field(default_factory=list)
 
-    def add(self, pattern: Pattern, rule: object) -> None:
+    def add(self, pattern: Pattern, rule: _Rule) -> None:
         if pattern.prefix is None:
             self.wild.append((pattern, rule))
         else:
             self.by_prefix[pattern.prefix].append((pattern, rule))
 
-    def matching(self, repository: str) -> Iterable[object]:
+    def matching(self, repository: str) -> Iterable[_Rule]:
         head = repository.partition("/")[0]
         for pattern, rule in self.by_prefix.get(head, ()):
             if pattern.matches(repository):
@@ -114,13 +117,13 @@ class Engine:
     def _compile(self, policy: Policy) -> None:
         self.policy = policy
         self.revision = policy.revision
-        self._grants: dict[Principal, _Bucket] = defaultdict(_Bucket)
+        self._grants: dict[Principal, _Bucket[Grant]] = defaultdict(_Bucket)
         for grant in policy.grants:
             for text in grant.repositories:
                 pattern = compile_pattern(text)
                 for principal in set(grant.to):
                     self._grants[principal].add(pattern, grant)
-        self._restrictions = _Bucket()
+        self._restrictions: _Bucket[Restriction] = _Bucket()
         for restriction in policy.restrictions:
             for text in restriction.repositories:
                 self._restrictions.add(compile_pattern(text), restriction)
@@ -137,7 +140,7 @@ class Engine:
         # concurrent callers at worst derive the same facts twice. The engine never changes
         # (a new policy builds a new engine), so nothing in the memo goes stale.
         self._subject_facts: dict[
-            Subject, tuple[bool, dict[str, Role], frozenset[Principal], tuple[_Bucket, ...]]
+            Subject, tuple[bool, dict[str, Role], frozenset[Principal], tuple[_Bucket[Grant], ...]]
         ] = {}
 
     # -- who is asking -------------------------------------------------------------------
@@ -273,7 +276,6 @@ class Engine:
             if bucket is None:
                 continue
             for grant in _unique(bucket.matching(repository)):
-                assert isinstance(grant, Grant)
                 allow(
                     grant.actions,
                     Reason("allow", _describe_grant(grant, principal), grant.location),
@@ -281,7 +283,6 @@ class Engine:
 
         denies: dict[str, list[Reason]] = {action: [] for action in REPOSITORY_ACTIONS}
         for restriction in _unique(self._restrictions.matching(repository)):
-            assert isinstance(restriction, Restriction)
             if principals.isdisjoint(restriction.only):
                 only = ", ".join(str(p) for p in restriction.only) or "nobody"
                 rule = f"restricted to {only} on {', '.join(restriction.repositories)}"
@@ -300,7 +301,11 @@ class Engine:
 
     @staticmethod
     def _visibility(
-        principals: set[Principal], visibility: Visibility, what: str, where: Location, allow
+        principals: set[Principal],
+        visibility: Visibility,
+        what: str,
+        where: Location,
+        allow: Callable[[Iterable[str], Reason], None],
     ) -> None:
         if visibility is Visibility.PUBLIC:
             allow((PULL,), Reason("allow", f"{what} is public: anyone may pull", where))
@@ -338,7 +343,7 @@ class Engine:
 
     def _facts(
         self, subject: Subject
-    ) -> tuple[bool, dict[str, Role], frozenset[Principal], tuple[_Bucket, ...]]:
+    ) -> tuple[bool, dict[str, Role], frozenset[Principal], tuple[_Bucket[Grant], ...]]:
         """What `granted` needs of a subject whatever the repository, memoised per subject."""
         facts = self._subject_facts.get(subject)
         if facts is None:
@@ -395,7 +400,7 @@ def _may_see(principals: frozenset[Principal], visibility: Visibility) -> bool:
     )
 
 
-def _unique(rules: Iterable[object]) -> Iterable[object]:
+def _unique(rules: Iterable[_Rule]) -> Iterable[_Rule]:
     """Each rule once, even when several of its patterns match."""
     seen: set[int] = set()
     for rule in rules:

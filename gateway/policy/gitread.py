@@ -11,7 +11,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 import git
-from gitdb.exc import BadName, BadObject
+from git.exc import BadName, BadObject  # gitdb's, re-exported typed
 
 from gateway.policy.load import PolicyError, load_texts, policy_files
 from gateway.policy.model import Policy

@@ -111,7 +111,8 @@ class GitRemote:
             except git.GitError as exc:
                 raise self._failed(f"cannot prepare {self.checkout}: {exc}") from None
             try:
-                previous = repo.head.commit.hexsha if repo.head.is_valid() else None
+                head = repo.head.commit if repo.head.is_valid() else None
+                previous = head.hexsha if head is not None else None
                 with repo.git.custom_environment(**self.env):
                     repo.git.fetch(
                         "--prune",
@@ -121,7 +122,7 @@ class GitRemote:
                         kill_after_timeout=self.timeout,
                     )
                 target = repo.commit(f"refs/remotes/origin/{self.branch}")
-                forced = previous is not None and not repo.is_ancestor(previous, target.hexsha)
+                forced = head is not None and not repo.is_ancestor(head, target)
                 if target.hexsha != previous:
                     repo.git.checkout("--force", "-B", self.branch, target.hexsha)
                     repo.git.clean("-fdx")

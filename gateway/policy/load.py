@@ -6,10 +6,11 @@ import datetime as dt
 import difflib
 import hashlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.policy import yamlnodes as yn
 from gateway.policy._utils import no_cyclic_gc
@@ -42,6 +43,7 @@ _ARGON2ID = re.compile(
     r"\$argon2id\$v=19\$m=[0-9]+,t=[0-9]+,p=[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
 )
 _ROLE_KEYS = {"owners": Role.OWNER, "contributors": Role.CONTRIBUTOR, "viewers": Role.VIEWER}
+_E = TypeVar("_E", bound=Enum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +244,7 @@ class _Builder:
                 out.append((yn.location(item, file), text))
         return out
 
-    def choice(self, node: yn.Node, file: str, what: str, enum: type) -> Any:
+    def choice(self, node: yn.Node, file: str, what: str, enum: type[_E]) -> _E | None:
         value = yn.scalar(node) if isinstance(node, yn.ScalarNode) else None
         try:
             return enum(value)
@@ -476,7 +478,12 @@ class _Builder:
                 "authenticated or anonymous",
             )
             return None
-        known = {"user": self.users, "robot": self.robots, "team": self.raw_teams}.get(kind)
+        kinds: dict[str, Container[str]] = {
+            "user": self.users,
+            "robot": self.robots,
+            "team": self.raw_teams,
+        }
+        known = kinds.get(kind)
         if known is None:
             self.error(loc, f"{what} {text!r}: unknown kind {kind!r} (user, robot or team)")
             return None

@@ -31,8 +31,10 @@ ROLES = (Role.OWNER, Role.CONTRIBUTOR, Role.VIEWER)
 
 
 def _pattern_texts(policy: Policy) -> Iterable[str]:
-    for rule in (*policy.grants, *policy.restrictions):
-        yield from rule.repositories
+    for grant in policy.grants:
+        yield from grant.repositories
+    for restriction in policy.restrictions:
+        yield from restriction.repositories
 
 
 def _choose_token(policies: tuple[Policy, Policy]) -> str:

@@ -18,7 +18,7 @@ import yaml
 from gateway.policy.model import Location
 
 try:
-    _Loader: type = yaml.CSafeLoader
+    _Loader: type[yaml.CSafeLoader] | type[yaml.SafeLoader] = yaml.CSafeLoader
 except AttributeError:  # PyYAML built without libyaml
     _Loader = yaml.SafeLoader
 
@@ -93,6 +93,7 @@ def kind(node: Node) -> str:
         return "a mapping"
     if isinstance(node, SequenceNode):
         return "a list"
+    assert isinstance(node, ScalarNode)  # what is neither a mapping nor a list
     value = scalar(node)
     if value is None:
         return "empty"
