@@ -9,8 +9,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import FIELDS, ConfigError, Settings, env_name, load_settings
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from gateway.auth.keys import KeyStore
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -86,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keystore(args: argparse.Namespace):
+def _keystore(args: argparse.Namespace) -> tuple[Settings, KeyStore]:
     from gateway.auth.keys import KeyStore
 
     settings = settings_from(args)
@@ -130,7 +136,7 @@ def registry_config_text(settings: Settings, rootcertbundle: str) -> str:
     """The registry's auth (and notifications) sections for these settings, as YAML."""
     from ruamel.yaml import YAML
 
-    config: dict = {
+    config: dict[str, Any] = {
         "auth": {
             "token": {
                 "realm": settings.realm,
@@ -210,7 +216,7 @@ _SHOWN_ONCE = (
 )
 
 
-def _expires(text: str | None, command: str) -> tuple[object, str | None]:
+def _expires(text: str | None, command: str) -> tuple[dt.date | None, str | None]:
     """(date or None, error message or None) for an --expires value."""
     import datetime as dt
 

@@ -455,7 +455,10 @@ def add_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = N
 
 def _cast(field: Field, raw: Any, source: str) -> Any:
     try:
-        return field.cast(raw) if isinstance(raw, str) or raw is None else field.cast(str(raw))
+        # A YAML null reaches the cast as None: `_optional` reads it as unset, the other casts
+        # refuse it or read it as text. Anything else that is not a string is read as text.
+        text: Any = raw if isinstance(raw, str) or raw is None else str(raw)
+        return field.cast(text)
     except (ValueError, TypeError) as exc:
         expected = field.cast.__doc__ or "a valid value"
         shown = "(hidden)" if field.flag is False else repr(raw)

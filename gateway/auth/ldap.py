@@ -25,6 +25,7 @@ import ssl
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -145,7 +146,7 @@ class LdapConfig:
 class LdapDirectory:
     """Binds users against one LDAP server. Thread-safe: every sign-in has its own connection."""
 
-    def __init__(self, config: LdapConfig, clock=time.monotonic) -> None:
+    def __init__(self, config: LdapConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
         self._down_until = 0.0
@@ -304,7 +305,7 @@ def _close(conn: Any) -> None:
             sock.close()
 
 
-def _values(entry: dict, attribute: str) -> frozenset[str]:
+def _values(entry: dict[str, Any], attribute: str) -> frozenset[str]:
     attributes = entry.get("attributes") or {}
     for key, values in attributes.items():
         if key.lower() == attribute.lower():

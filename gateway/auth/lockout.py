@@ -50,7 +50,8 @@ class Rules:
         if self.backoff <= 0 or count < self.free:
             return 0.0
         cap = min(BACKOFF_CAP, self.lockout) if self.lockout > 0 else BACKOFF_CAP
-        return min(cap, self.backoff * 2 ** (count - self.free))
+        doublings: int = 2 ** (count - self.free)  # count >= free here: a whole power of 2
+        return min(cap, self.backoff * doublings)
 
 
 class FailureCounter(Protocol):

@@ -40,7 +40,7 @@ class RedisFailureCounter:
     """`FailureCounter` in Redis. If Redis is unreachable, sign-ins are not throttled (and the
     failure is logged): an outage of the counter must not lock everyone out."""
 
-    def __init__(self, client: aioredis.Redis, rules: Rules, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis[bytes], rules: Rules, prefix: str) -> None:
         self.client = client
         self.rules = rules
         self.prefix = prefix
