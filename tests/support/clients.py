@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from support.binaries import require
+from .binaries import require
 
 DEFAULT_TIMEOUT = 60.0
 TIMEOUT_EXIT = 124

@@ -1,6 +1,6 @@
 """pytest plugin: real clients, a small OCI image layout and an unauthenticated registry.
 
-Registered from tests/conftest.py with `pytest_plugins = ["support.fixtures"]`.
+Registered from tests/conftest.py with `pytest_plugins = ["tests.support.fixtures", ...]`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from support.clients import DockerCLI, Podman, Skopeo
-from support.images import build_image, build_multiplatform_image
-from support.registry import Registry, start_registry
+from .clients import DockerCLI, Podman, Skopeo
+from .images import build_image, build_multiplatform_image
+from .registry import Registry, start_registry
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from support.registry import Registry, TokenAuth, free_port, start_registry
+from .registry import Registry, TokenAuth, free_port, start_registry
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_POLICIES = REPO / "policies"
@@ -145,17 +145,21 @@ class Gateway:
 
     def token(self, user: str | None = None, *scopes: str, **params: str) -> httpx.Response:
         """GET /auth/token as an example user or robot (None: anonymous)."""
-        query: list[tuple[str, str]] = [("service", self.service), *(("scope", s) for s in scopes)]
-        query += list(params.items())
         auth = (user, PASSWORDS[user]) if user else None
-        return httpx.get(f"{self.url}/auth/token", params=query, auth=auth, timeout=30)
+        return httpx.get(
+            f"{self.url}/auth/token",
+            params=[("service", self.service), *(("scope", s) for s in scopes), *params.items()],
+            auth=auth,
+            timeout=30,
+        )
 
 
 def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Header and claims of a JWT, unverified (the registry does the verifying)."""
 
     def part(text: str) -> dict[str, Any]:
-        return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        data: dict[str, Any] = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return data
 
     header, claims, _ = token.split(".")
     return part(header), part(claims)

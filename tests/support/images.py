@@ -48,11 +48,11 @@ def _descriptor(media_type: str, digest: str, size: int, **extra: Any) -> dict[s
 def _tar(files: Mapping[str, bytes]) -> bytes:
     """An uncompressed tar of `files` with parent directories, fixed owners and mtimes."""
     members: dict[str, bytes | None] = {}
-    for name, content in files.items():
+    for name, data in files.items():
         parts = name.strip("/").split("/")
         for depth in range(1, len(parts)):
             members.setdefault("/".join(parts[:depth]), None)
-        members["/".join(parts)] = content
+        members["/".join(parts)] = data
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(members):
@@ -198,3 +198,22 @@ def build_multiplatform_image(
     digest = _write_blob(layout_dir, index_bytes)
     _tag(layout_dir, tag, _descriptor(OCI_INDEX, digest, len(index_bytes)))
     return digest
+
+
+# -- reading a layout back ----------------------------------------------------------------------
+
+
+def digest_of(data: bytes) -> str:
+    """The `sha256:` digest of `data`."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layout_index(layout_dir: Path) -> dict[str, Any]:
+    """The layout's index.json."""
+    data: dict[str, Any] = json.loads((layout_dir / "index.json").read_text())
+    return data
+
+
+def read_blob(layout_dir: Path, digest: str) -> bytes:
+    """The blob `digest` of the layout."""
+    return (layout_dir / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes()

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from support.binaries import require
-from support.registry import free_port
+from .binaries import require
+from .registry import free_port
 
 SUFFIX = "dc=example,dc=org"
 ADMIN_DN = f"cn=admin,{SUFFIX}"
@@ -242,7 +242,9 @@ class Slapd:
                 self.process.wait(5)
         self.process = None
 
-    def _tool(self, name: str, *args: str, input: str | None = None, check: bool = True):
+    def _tool(
+        self, name: str, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         tool = require(name, "ldap-utils")
         proc = subprocess.run(
             [tool, "-x", "-H", self.url, *args],
@@ -256,7 +258,10 @@ class Slapd:
             raise RuntimeError(f"{name} failed ({proc.returncode}): {proc.stderr}")
         return proc
 
-    def search(self, dn: str, password: str, base: str, query: str, *attrs: str, check=True):
+    def search(
+        self, dn: str, password: str, base: str, query: str, *attrs: str, check: bool = True
+    ) -> int | str:
+        """ldapsearch's output, or with check=False its exit status."""
         proc = self._tool(
             "ldapsearch", "-D", dn, "-w", password, "-b", base, "-LLL", query, *attrs, check=check
         )

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from support.binaries import require
-from support.registry import free_port
+from .binaries import require
+from .registry import free_port
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from support.binaries import require
-from support.registry import free_port
+from .binaries import require
+from .registry import free_port
 
 
 class RedisServer:

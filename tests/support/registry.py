@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from support.binaries import require
+from .binaries import require
 
 START_TIMEOUT = 15.0  # seconds until GET /v2/ must answer
 STOP_TIMEOUT = 5.0

@@ -13,8 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from support.gateway import EXAMPLE_POLICIES, ISSUER, REPO, Gateway
-from support.registry import free_port
+from .gateway import EXAMPLE_POLICIES, ISSUER, REPO, Gateway
+from .registry import free_port
 
 
 def make_keys(data_dir: Path, bundle: Path, *, issuer: str = ISSUER) -> Path:

@@ -8,17 +8,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 
 from gateway.policy.source import PolicySource
 
-from support.clients import Skopeo, ok
-from support.fixtures import OciImage
-from support.gateway import (
+from tests.support.clients import Skopeo, ok
+from tests.support.fixtures import OciImage
+from tests.support.gateway import (
     EXAMPLE_POLICIES,
     Gateway,
     creds,
@@ -27,9 +28,10 @@ from support.gateway import (
     start_gateway,
     start_stack,
 )
-from support.gitrepo import git
+from tests.support.gitrepo import git
 
 PROBES = 50
+T = TypeVar("T")
 
 
 def probe_policy(version: int) -> str:
@@ -158,7 +160,7 @@ def test_cold_start_without_a_valid_policy_exits(tmp_path: Path) -> None:
     assert f"{broken}/p.yaml:2:1: error: invalid YAML" in proc.stderr
 
 
-def wait_for(get, done, timeout: float = 10.0):
+def wait_for(get: Callable[[], T], done: Callable[[T], object], timeout: float = 10.0) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = get()
@@ -306,7 +308,6 @@ def test_reload_webhook_and_a_remote_that_is_down(
         gateway.stop()
 
 
-@pytest.mark.realworld
 def test_removed_right_stops_the_next_push(
     tmp_path: Path, skopeo: Skopeo, oci_image: OciImage
 ) -> None:

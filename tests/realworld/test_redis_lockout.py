@@ -6,8 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from support.gateway import PASSWORDS, start_gateway
-from support.redis import RedisServer
+from tests.support.gateway import PASSWORDS, start_gateway
+from tests.support.redis import RedisServer
 
 LOCKOUT = [
     "--lockout-failures",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from bs4 import BeautifulSoup
 
-from support.binaries import require
-from support.catalog import (
+from tests.support.binaries import require
+from tests.support.catalog import (
     IMAGES,
     basic,
     csrf_of,
@@ -18,11 +20,9 @@ from support.catalog import (
     signed_in_client,
     wait_until,
 )
-from support.clients import Skopeo, ok
-from support.fixtures import OciImage
-from support.gateway import PASSWORDS, Stack, creds, start_stack
-
-pytestmark = pytest.mark.realworld
+from tests.support.clients import Skopeo, ok
+from tests.support.fixtures import OciImage
+from tests.support.gateway import PASSWORDS, Stack, creds, start_stack
 
 VIEWERS = ["alice", "bob", "carol", None]  # an admin, two users with different rights, anonymous
 
@@ -50,9 +50,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, oci_image: OciImage) -> Iter
 def repositories_in_json(stack: Stack, user: str | None) -> set[str]:
     """Every repository the JSON pages list for `user` (HTTP Basic), namespace by namespace."""
     auth = basic(user) if user else None
-    get = lambda path: httpx.get(  # noqa: E731
-        f"{stack.gateway.url}{path}", params={"format": "json"}, auth=auth, timeout=30
-    ).json()
+
+    def get(path: str) -> Any:
+        return httpx.get(
+            f"{stack.gateway.url}{path}", params={"format": "json"}, auth=auth, timeout=30
+        ).json()
+
     found: set[str] = set()
     for namespace in get("/")["namespaces"]:
         found |= {r["name"] for r in get(f"/n/{namespace['slug']}")["repositories"]}
@@ -130,11 +133,12 @@ def test_multi_platform_index_and_tag_detail(stack: Stack, oci_image: OciImage) 
 
 
 def test_a_push_appears_through_the_notification(
-    stack: Stack, oci_image: OciImage, tmp_path
+    stack: Stack, oci_image: OciImage, tmp_path: Path
 ) -> None:
-    def status() -> dict:
+    def status() -> dict[str, Any]:
         url = f"{stack.gateway.url}/-/status?format=json"
-        return httpx.get(url, auth=basic("alice")).json()["catalog"]
+        catalog: dict[str, Any] = httpx.get(url, auth=basic("alice")).json()["catalog"]
+        return catalog
 
     before = wait_until(lambda: (s := status())["built"] and s, what="the first full read")
     assert before["refresh_interval"] == 3600

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from support.gateway import start_gateway
+from tests.support.gateway import start_gateway
 
 
 def metric(text: str, name: str, labels: str = "") -> float:

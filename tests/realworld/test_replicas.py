@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.catalog import csrf_of
-from support.clients import Skopeo, ok
-from support.fixtures import OciImage
-from support.gateway import (
+from tests.support.catalog import csrf_of
+from tests.support.clients import Skopeo, ok
+from tests.support.fixtures import OciImage
+from tests.support.gateway import (
     EXAMPLE_POLICIES,
     ISSUER,
     PASSWORDS,
@@ -33,12 +33,10 @@ from support.gateway import (
     creds,
     jwt_parts,
 )
-from support.gitrepo import git
-from support.nginx import Nginx, start_nginx
-from support.registry import Registry, TokenAuth, free_port, start_registry
-from support.replicas import make_keys, start_replicas
-
-pytestmark = pytest.mark.realworld
+from tests.support.gitrepo import git
+from tests.support.nginx import Nginx, start_nginx
+from tests.support.registry import Registry, TokenAuth, free_port, start_registry
+from tests.support.replicas import make_keys, start_replicas
 
 POLL = 1.0  # --poll-interval of every replica, seconds
 DRAIN = 0.5  # --drain-seconds: /readyz 503 this long after SIGTERM (default 5 s; nginx
@@ -55,9 +53,14 @@ def token(
     **params: str,
 ) -> httpx.Response:
     """GET /auth/token from `base_url` (nginx or one replica) as an example user, or anonymous."""
-    query = [("service", SERVICE), *(("scope", s) for s in scopes), *params.items()]
     auth = (user, PASSWORDS[user]) if user else None
-    return httpx.get(f"{base_url}/auth/token", params=query, auth=auth, headers=headers, timeout=30)
+    return httpx.get(
+        f"{base_url}/auth/token",
+        params=[("service", SERVICE), *(("scope", s) for s in scopes), *params.items()],
+        auth=auth,
+        headers=headers,
+        timeout=30,
+    )
 
 
 @dataclass

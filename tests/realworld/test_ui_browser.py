@@ -15,13 +15,11 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from support.binaries import require
-from support.catalog import IMAGES, push_all, wait_until
-from support.clients import Skopeo
-from support.fixtures import OciImage
-from support.gateway import PASSWORDS, REPO, Stack, start_stack
-
-pytestmark = pytest.mark.realworld
+from tests.support.binaries import require
+from tests.support.catalog import IMAGES, push_all, wait_until
+from tests.support.clients import Skopeo
+from tests.support.fixtures import OciImage
+from tests.support.gateway import PASSWORDS, REPO, Stack, start_stack
 
 SCREENSHOTS = REPO / "test-output" / "screenshots"
 CHROMIUM_ARGS = [

@@ -21,10 +21,10 @@ import pytest
 
 from gateway.auth.credentials import ROBOT_PREFIX, TOKEN_PREFIX, new_secret, sha256_hex
 
-from support.binaries import require
-from support.clients import DockerCLI, Skopeo, ok
-from support.fixtures import OciImage
-from support.gateway import (
+from tests.support.binaries import require
+from tests.support.clients import CompletedProcess, DockerCLI, Skopeo, ok
+from tests.support.fixtures import OciImage
+from tests.support.gateway import (
     EXAMPLE_POLICIES,
     PASSWORDS,
     Gateway,
@@ -35,18 +35,16 @@ from support.gateway import (
     start_gateway,
     start_stack,
 )
-from support.ldap import (
+from tests.support.ldap import (
     PASSWORDS as LDAP_PASSWORDS,
 )
-from support.ldap import (
+from tests.support.ldap import (
     SERVICE_DN,
     SERVICE_PASSWORD,
     SUFFIX,
     Slapd,
     start_slapd,
 )
-
-pytestmark = pytest.mark.realworld
 
 CACHE_TTL = 2.0  # seconds: short, so that directory changes show within a test
 TINA_PASSWORD = "tina-policy-password"
@@ -151,11 +149,14 @@ def get_token(
     *scopes: str,
     client: str | None = None,
 ) -> httpx.Response:
-    query = [("service", gateway.service), *(("scope", s) for s in scopes)]
     headers = {"X-Forwarded-For": client} if client else {}
     auth = (user, password) if user is not None and password is not None else None
     return httpx.get(
-        f"{gateway.url}/auth/token", params=query, auth=auth, headers=headers, timeout=30
+        f"{gateway.url}/auth/token",
+        params=[("service", gateway.service), *(("scope", s) for s in scopes)],
+        auth=auth,
+        headers=headers,
+        timeout=30,
     )
 
 
@@ -165,7 +166,9 @@ def granted(response: httpx.Response) -> list[str]:
     return sorted(access[0]["actions"]) if access else []
 
 
-def push(skopeo: Skopeo, image: OciImage, stack: Stack, repository: str, who: str):
+def push(
+    skopeo: Skopeo, image: OciImage, stack: Stack, repository: str, who: str
+) -> CompletedProcess:
     return skopeo.copy(image.ref("v1"), stack.ref(f"{repository}:v1"), dest_creds=who)
 
 

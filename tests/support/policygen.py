@@ -388,7 +388,9 @@ def render(spec: PolicySpec, rng: random.Random | None = None, *, files: int = 4
         rng.shuffle(items)
         sections[section] = items
     for section in ("grants", "restrictions"):
-        rules = [(None, _shuffled(rng, rule)) for rule in getattr(spec, section)]
+        rules: list[tuple[str | None, Any]] = [
+            (None, _shuffled(rng, rule)) for rule in getattr(spec, section)
+        ]
         rng.shuffle(rules)
         sections[section] = rules
     parts: list[dict[str, Any]] = [{} for _ in range(max(1, files))]

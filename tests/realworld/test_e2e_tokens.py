@@ -6,16 +6,15 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from support.binaries import require
-from support.clients import DockerCLI, Podman, Skopeo, ok
-from support.fixtures import OciImage
-from support.gateway import PASSWORDS, Stack, creds, jwt_parts, refused, start_stack
-
-pytestmark = pytest.mark.realworld
+from tests.support.binaries import require
+from tests.support.clients import CompletedProcess, DockerCLI, Podman, Skopeo, ok
+from tests.support.fixtures import OciImage
+from tests.support.gateway import PASSWORDS, Stack, creds, jwt_parts, refused, start_stack
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +25,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running.stop()
 
 
-def push(skopeo: Skopeo, image: OciImage, stack: Stack, repository: str, who: str | None):
+def push(
+    skopeo: Skopeo, image: OciImage, stack: Stack, repository: str, who: str | None
+) -> CompletedProcess:
     return skopeo.copy(
         image.ref("v1"), stack.ref(f"{repository}:v1"), dest_creds=creds(who) if who else None
     )
 
 
-def pull(skopeo: Skopeo, stack: Stack, repository: str, who: str | None, tmp_path: Path):
+def pull(
+    skopeo: Skopeo, stack: Stack, repository: str, who: str | None, tmp_path: Path
+) -> CompletedProcess:
     dest = f"oci:{tmp_path / 'pulled'}:v1"
     return skopeo.copy(stack.ref(f"{repository}:v1"), dest, src_creds=creds(who) if who else None)
 
@@ -106,11 +109,12 @@ def test_catalog_is_for_admins(stack: Stack, skopeo: Skopeo, oci_image: OciImage
     assert "library/listed" in answer_json(stack, "alice")["repositories"]
 
 
-def answer_json(stack: Stack, user: str) -> dict:
+def answer_json(stack: Stack, user: str) -> dict[str, Any]:
     token = stack.gateway.token(user, "registry:catalog:*").json()["token"]
-    return httpx.get(
+    answer: dict[str, Any] = httpx.get(
         f"{stack.registry.url}/v2/_catalog", headers={"Authorization": f"Bearer {token}"}
     ).json()
+    return answer
 
 
 def test_podman_login_push_pull(stack: Stack, podman: Podman, oci_image: OciImage) -> None:
