@@ -1,6 +1,6 @@
 """What sign-in costs on the token endpoint: bcrypt and LDAP users, with the cache on and off.
 
-    .venv/bin/python bench/auth.py [--requests 20] [--rounds 5]
+    .venv/bin/python -m bench.auth [--requests 20] [--rounds 5]     # from the repository root
 
 `docker push` of a multi-layer image asks the token endpoint about 20 times in a row with the
 same credentials. This starts real gateways (`registry-gateway serve`) on loopback, one with
@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# Replace the script directory: bench/token.py would shadow the standard `token` module.
-sys.path[0] = str(Path(__file__).resolve().parents[1] / "tests")
-
 import httpx
 
-from support.gateway import PASSWORDS, Gateway, start_gateway
-from support.ldap import PASSWORDS as LDAP_PASSWORDS
-from support.ldap import SERVICE_DN, SERVICE_PASSWORD, SUFFIX, start_slapd
+from tests.support.gateway import PASSWORDS, Gateway, start_gateway
+from tests.support.ldap import PASSWORDS as LDAP_PASSWORDS
+from tests.support.ldap import SERVICE_DN, SERVICE_PASSWORD, SUFFIX, start_slapd
 
 TARGET = 0.80  # cached bcrypt user / robot, at least
 

@@ -1,4 +1,4 @@
-"""The two floors `bench/token.py` measures the gateway against, as one tiny Starlette app.
+"""The two floors bench/token_endpoint.py measures the gateway against: one tiny Starlette app.
 
 - `GET /bare`: a fixed small JSON answer: what Starlette on uvicorn costs with no work at all.
 - `GET /sign?service=S&scope=type:name:actions` with HTTP Basic: parses the credentials and the
@@ -11,7 +11,7 @@
 
 Serve it as the benchmark does (same settings as `registry-gateway serve`):
 
-    taskset -c 0 .venv/bin/python -m uvicorn floors:app --app-dir bench --port 5099 \\
+    taskset -c 0 .venv/bin/python -m uvicorn bench.floors:app --port 5099 \\
         --loop asyncio --http httptools --no-access-log --no-server-header --workers 1
 """
 

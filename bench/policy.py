@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Benchmark the policy engine: load, compile and decide on a large and a small policy.
 
-Both policies come from tests/policygen.py (realistic: teams with roles, namespaces of mixed
-visibility, grants with literal, `*` and `**` patterns, a few restrictions), written as YAML
-files to temp directories. For each it measures:
+Both policies come from tests/support/policygen.py (realistic: teams with roles, namespaces of
+mixed visibility, grants with literal, `*` and `**` patterns, a few restrictions), written as
+YAML files to temp directories. For each it measures:
 
 - load: `load_directory` wall time, median of 3;
 - compile: `Engine(policy)` wall time, median of 3;
@@ -20,21 +19,14 @@ shared machine, where a WARNING line says so); the exit status is 0 either way.
 `--wildcards 0.03` makes about 3% of patterns start with a wildcard (`**/cache`, `api-*`):
 such patterns cannot be indexed by namespace, so this shows how decisions scale with them.
 
-    .venv/bin/python bench/policy.py
-    .venv/bin/python bench/policy.py --users 2000 --grants 5000 --seconds 1
-    .venv/bin/python bench/policy.py --profile      # where the large load and compile spend time
+    .venv/bin/python -m bench.policy                # from the repository root
+    .venv/bin/python -m bench.policy --users 2000 --grants 5000 --seconds 1
+    .venv/bin/python -m bench.policy --profile      # where the large load and compile spend time
 
 Progress goes to stderr, figures to stdout.
 """
 
 from __future__ import annotations
-
-import sys
-
-# bench/ holds token.py: run as a script, its directory comes first on sys.path and would shadow
-# the standard library's `token` module (imported by pstats and dataclasses). Drop it.
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)
 
 import argparse
 import contextlib
@@ -48,6 +40,7 @@ import pstats
 import random
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -56,15 +49,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # policygen lives with the tests that also use it
-
 from gateway.policy.engine import Engine
 from gateway.policy.load import load_directory
 from gateway.policy.model import ANONYMOUS_SUBJECT, Policy, Subject, Visibility
 
-from policygen import generate_spec, render
+from tests.support.policygen import generate_spec, render
 
+REPO = Path(__file__).resolve().parent.parent
 LOAD_TARGET_S = 2.0
 RATIO_TARGET = 0.5
 SMALL = {"users": 6, "teams": 3, "namespaces": 4, "grants": 10, "robots": 2, "restrictions": 2}
@@ -211,8 +202,8 @@ def rss_kib() -> int:
 
 def rss_growth(directory: Path) -> float:
     """MB of RSS a fresh interpreter grows by to load and compile the policy in `directory`."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--rss-child", str(directory)]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    command = [sys.executable, "-m", "bench.policy", "--rss-child", str(directory)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO).stdout
     return json.loads(out.strip().splitlines()[-1])["rss_mb"]
 
 

@@ -1,6 +1,6 @@
 """How long until a policy change is enforced: from a file write, and from a git push.
 
-    python bench/reload.py [--rounds 20]
+    .venv/bin/python -m bench.reload [--rounds 20]     # from the repository root
 
 Starts real gateways (`registry-gateway serve`) on loopback, changes the policy, and polls
 the token endpoint until a token carries the new revision. Prints the median and worst time.
@@ -17,13 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# Replace the script directory: bench/token.py would shadow the standard `token` module.
-sys.path[0] = str(Path(__file__).resolve().parents[1] / "tests")
-
 import httpx
 
-from support.gateway import EXAMPLE_POLICIES, jwt_parts, start_gateway
-from support.gitrepo import git
+from tests.support.gateway import EXAMPLE_POLICIES, jwt_parts, start_gateway
+from tests.support.gitrepo import git
 
 
 def revision(gateway) -> str:

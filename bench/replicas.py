@@ -1,11 +1,11 @@
-#!/usr/bin/env python3
 """Requests/s of three gateway replicas behind nginx against one replica direct, same run.
 
-    .venv/bin/python bench/replicas.py [--seconds 5] [--connections 16] [--rounds 3]
+    .venv/bin/python -m bench.replicas [--seconds 5] [--connections 16] [--rounds 3]
 
-Starts three `registry-gateway serve` replicas sharing their signing keys (as tests/test_replicas.py
-does) and Debian's nginx in front of them, then measures anonymous token requests
-(GET /auth/token, one pull scope) with wrk, or with an httpx async loop when wrk is missing:
+Run it from the repository root. Starts three `registry-gateway serve` replicas sharing their
+signing keys (as tests/realworld/test_replicas.py does) and Debian's nginx in front of them,
+then measures anonymous token requests (GET /auth/token, one pull scope) with wrk, or with an
+httpx async loop when wrk is missing:
 
   1. one replica, direct;
   2. nginx in front of that one replica (what the load balancer costs);
@@ -17,27 +17,23 @@ serialised and what nginx costs, not how a cluster of machines scales. Only 127.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Replace the script directory: bench/token.py would shadow the standard `token` module.
-sys.path[0] = str(Path(__file__).resolve().parents[1] / "tests")
-
 import argparse
 import asyncio
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
-from support.gateway import SERVICE, Gateway
-from support.nginx import Nginx, start_nginx
-from support.registry import free_port
-from support.replicas import make_keys, start_replicas
+from tests.support.gateway import SERVICE, Gateway
+from tests.support.nginx import Nginx, start_nginx
+from tests.support.registry import free_port
+from tests.support.replicas import make_keys, start_replicas
 
 PATH = f"/auth/token?service={SERVICE}&scope=repository:library/base:pull"
 

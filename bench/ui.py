@@ -1,6 +1,6 @@
 """How fast the catalog UI answers with 2,000 repositories and 50,000 tags, and the index's size.
 
-    .venv/bin/python bench/ui.py [--keep DIR] [--rounds 30]
+    .venv/bin/python -m bench.ui [--keep DIR] [--rounds 30]     # from the repository root
 
 Starts a real registry (Debian's `docker-registry`, no auth) and fills it by script: a few
 blobs uploaded once, mounted into every repository, then one small manifest PUT per tag
@@ -14,12 +14,6 @@ Targets (issue 5): every page under 50 ms server-side, the index under 200 MB.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/token.py would shadow the standard `token` module: put tests/ first instead.
-sys.path[0] = str(Path(__file__).resolve().parents[1] / "tests")
-
 import argparse
 import asyncio
 import gc
@@ -29,8 +23,10 @@ import json
 import os
 import re
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import bcrypt
@@ -40,7 +36,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.config import load_settings
 
-from support.registry import start_registry
+from tests.support.registry import start_registry
 
 NAMESPACES = 20
 REPOSITORIES = 2000

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark the gateway's GET /auth/token against two floors, with wrk, on pinned cores.
 
 Each case gets its own server on a free 127.0.0.1 port (its own temp --data-dir and --audit-log
@@ -8,21 +7,16 @@ one measured run gives requests/s and p50/p99 latency. The floors are a tiny Sta
 (bench/floors.py) served by uvicorn with the gateway's own settings (httptools, the gateway's
 event loop, `--event-loop`, asyncio by default; one worker, uvicorn's access log off).
 
-    .venv/bin/python bench/token.py                       # everything, about 3 minutes
-    .venv/bin/python bench/token.py --cases robot-distinct,floor-sign --seconds 5
-    .venv/bin/python bench/token.py --list                # the cases
+    .venv/bin/python -m bench.token_endpoint              # everything, about 3 minutes
+    .venv/bin/python -m bench.token_endpoint --cases robot-distinct,floor-sign --seconds 5
+    .venv/bin/python -m bench.token_endpoint --list       # the cases
+
+Run it from the repository root.
 
 Progress goes to stderr, the results table to stdout. Only 127.0.0.1 is ever contacted.
 """
 
 from __future__ import annotations
-
-import sys
-
-# This file is named token.py: run as a script, its directory comes first on sys.path and would
-# shadow the standard library's `token` module (imported by asyncio via tokenize). Drop it.
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)
 
 import argparse
 import asyncio
@@ -39,6 +33,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -356,7 +351,7 @@ def _bcrypt4_policy(source: Path, target: Path) -> Path:
                 + yaml.safe_dump(data, sort_keys=False)
             )
             return target
-    raise SystemExit(f"bench/token.py: no user {USER[0]!r} in {source}")
+    raise SystemExit(f"bench.token_endpoint: no user {USER[0]!r} in {source}")
 
 
 def start_server(kind: str, args: argparse.Namespace, tmp: Path, pin: bool) -> Server:
@@ -365,7 +360,7 @@ def start_server(kind: str, args: argparse.Namespace, tmp: Path, pin: bool) -> S
     log_path = run_dir / "server.log"
     audit_path: Path | None = None
     if kind == "floors":
-        # Served from a copy: --app-dir bench would put bench/token.py in the way of stdlib token.
+        # Served from a copy in the run's directory: floors.py alone on --app-dir.
         shutil.copy2(BENCH_DIR / "floors.py", run_dir / "floors.py")
         cmd = [
             sys.executable, "-m", "uvicorn", "floors:app",
@@ -529,10 +524,12 @@ def run_httpx(
         "seconds": seconds,
         "timeout": timeout,
     }
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--httpx-worker", json.dumps(config)]
+    cmd = [sys.executable, "-m", "bench.token_endpoint", "--httpx-worker", json.dumps(config)]
     if pin:
         cmd = ["taskset", "-c", str(args.client_cpu), *cmd]
-    return _bench_line(subprocess.run(cmd, capture_output=True, text=True, check=False), cmd)
+    return _bench_line(
+        subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO), cmd
+    )
 
 
 async def _httpx_load(config: dict[str, Any]) -> dict[str, Any]:
@@ -1195,7 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
         names = [n.strip() for n in args.cases.split(",") if n.strip()]
         unknown = [n for n in names if n not in BY_NAME]
         if unknown:
-            print(f"bench/token.py: unknown case(s) {unknown}; see --list", file=sys.stderr)
+            print(f"bench.token_endpoint: unknown case(s) {unknown}; see --list", file=sys.stderr)
             return 2
         cases = [BY_NAME[n] for n in names]
 
@@ -1203,7 +1200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.generator == "auto":
         args.generator = "wrk" if args.wrk else "httpx"
     if args.generator == "wrk" and not args.wrk:
-        print("bench/token.py: wrk not found (apt-get install -y wrk)", file=sys.stderr)
+        print("bench.token_endpoint: wrk not found (apt-get install -y wrk)", file=sys.stderr)
         return 2
     if args.generator == "httpx":
         log("wrk not used: falling back to an httpx/asyncio generator, which saturates first")
