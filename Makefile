@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check bench clean
+.PHONY: run test test-fast lint typecheck check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,14 +14,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python scripts/run.py
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/registry-gateway check policies
+# The gates, in this order: formatting, lint, types, the example policy and its tests; then
+# pytest, the whole suite (test) or the fast tier alone, which starts no process (test-fast).
+test: lint typecheck check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-fast: lint typecheck check
+	$(BIN)/python -m pytest -m "not realworld" $(PYTEST_ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict gateway ui tests
 
 check: $(STAMP)
 	$(BIN)/registry-gateway check policies
