@@ -245,7 +245,7 @@ def main() -> None:
         before = rss_mb()
         app = create_app(settings)
         with TestClient(app) as client:
-            catalog = app.state.gateway.catalog
+            catalog = app.state.services.catalog
             deadline = time.monotonic() + 1800
             while not catalog.built:
                 if catalog.last_error and time.monotonic() > deadline:

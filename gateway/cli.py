@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway import __version__
+from gateway import __version__, collector
 
 DEFAULT_POLICIES = "policies"
 
@@ -247,7 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Command = args.func
     try:
-        return func(args)
+        if args.command == "serve":
+            return func(args)
+        # A short-lived command that builds whole policies: no cyclic collection meanwhile.
+        with collector.paused():
+            return func(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

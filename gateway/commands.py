@@ -27,10 +27,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.app import PolicyUnavailable, load_first_policy, policy_source
-    from gateway.auth.keys import KeyStore, KeyStoreError
+    from gateway.app import build_services, create_app
+    from gateway.auth.keys import KeyStoreError
     from gateway.logs import configure
-    from gateway.server import serve
+    from gateway.server import serve, serve_workers
+    from gateway.services import PolicyUnavailable
 
     try:
         settings = settings_from(args)
@@ -45,21 +46,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"registry-gateway serve: {exc}", file=sys.stderr)
         return 2
     log_config = configure(settings.log_level, settings.log_format)
+    # Started here, before serving: a missing key or policy ends the command at once. One
+    # worker serves these very services; several build their own from the environment.
+    services = build_services(settings)
     try:
-        KeyStore(settings.data_dir, common_name=settings.issuer).ensure(settings.key_algorithm)
+        services.keys.ensure(settings.key_algorithm)
     except (KeyStoreError, OSError) as exc:
         print(
             f"registry-gateway serve: signing keys in {settings.data_dir}: {exc}", file=sys.stderr
         )
         return 1
     try:
-        load_first_policy(*policy_source(settings))
+        services.start()
     except PolicyUnavailable as exc:
         print(
             f"registry-gateway serve: not serving tokens without a valid policy: {exc}",
             file=sys.stderr,
         )
         return 1
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": settings.event_loop,
+        "http": "httptools",
+        "log_config": log_config,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": 20,
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+    }
+    if settings.workers == 1:
+        app = create_app(services=services)
+        serve(
+            uvicorn.Config(app, **options),  # type: ignore[arg-type]
+            drain=settings.drain_seconds,
+            on_drain=services.draining.set,
+        )
+        return 0
     # Workers rebuild the settings from the environment: publish the resolved ones there.
     for field in FIELDS:
         value = getattr(settings, field.name)
@@ -67,28 +91,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
             os.environ[env_name(field.name)] = str(value)
     if getattr(args, "config", None):
         os.environ[env_name("config")] = str(args.config)
-    if settings.workers > 1:
-        # Workers add their samples up in files here; start empty so the dead don't count.
-        metrics_dir = settings.data_dir / "metrics"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    # Workers add their samples up in files here; start empty so the dead don't count.
+    metrics_dir = settings.data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     config = uvicorn.Config(
         "gateway.app:create_app",
         factory=True,
-        host=settings.host,
-        port=settings.port,
         workers=settings.workers,
-        loop=settings.event_loop,
-        http="httptools",
-        log_config=log_config,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=20,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
+        **options,  # type: ignore[arg-type]
     )
-    serve(config, workers=settings.workers, drain=settings.drain_seconds)
+    serve_workers(config)
     return 0
 
 

@@ -17,11 +17,15 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
 }
 
 
+# Made once: json.dumps builds an encoder per call when given options (a quarter of its cost).
+_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
 def json_line(level: str, logger: str, message: str, fields: dict[str, Any]) -> str:
     """One server log line: time, level, logger and message, then the record's own fields."""
     data: dict[str, Any] = {"time": now_iso(), "level": level, "logger": logger, "message": message}
     data.update(fields)
-    return json.dumps(data, default=str, separators=(",", ":"))
+    return _ENCODE(data)
 
 
 class JsonFormatter(logging.Formatter):

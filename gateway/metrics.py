@@ -1,4 +1,5 @@
-"""Prometheus metrics. With several workers, prometheus-client's multiprocess mode adds them up.
+"""Prometheus metrics, and their text for a scrape. With several workers, prometheus-client's
+multiprocess mode adds them up.
 
 `serve` sets PROMETHEUS_MULTIPROC_DIR (under the data dir) before any worker starts when
 it runs more than one worker; each worker then writes its samples there and `/metrics`
@@ -11,6 +12,7 @@ import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -18,8 +20,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from starlette.requests import Request
-from starlette.responses import Response
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # of `exposition()`
 
 TOKEN_REQUESTS = Counter(
     "registry_gateway_token_requests_total",
@@ -75,7 +77,7 @@ def policy_loaded(revision: str | None, ok: bool) -> None:
         _last_revision = revision
 
 
-# A resource's decision as one letter, so that a cached answer can count its decisions again
+# A resource's decision as one letter, so that a replayed answer can count its decisions again
 # without holding metric objects: granted (all asked), partial, denied (nothing).
 DECISION_CODES = {"g": "granted", "p": "partial", "d": "denied"}
 _DECISION_CHILDREN = {code: DECISIONS.labels(result) for code, result in DECISION_CODES.items()}
@@ -87,19 +89,26 @@ def decision_code(requested: int, granted: int) -> str:
     return "p" if granted else "d"
 
 
-def count_decisions(codes: str) -> None:
-    for code in codes:
+_TOKEN_REQUEST_CHILDREN: dict[tuple[str, int], Counter] = {}
+
+
+def count_token_request(outcome: str, status: int, seconds: float, decisions: str) -> None:
+    """One answered token request: its outcome, its time, and each resource's decision."""
+    child = _TOKEN_REQUEST_CHILDREN.get((outcome, status))
+    if child is None:  # a handful of pairs: bound once, not looked up per request
+        child = _TOKEN_REQUEST_CHILDREN[outcome, status] = TOKEN_REQUESTS.labels(
+            outcome, str(status)
+        )
+    child.inc()
+    TOKEN_LATENCY.observe(seconds)
+    for code in decisions:
         _DECISION_CHILDREN[code].inc()
 
 
-async def endpoint(request: Request) -> Response:
-    """GET /metrics in the Prometheus text format."""
+def exposition() -> bytes:
+    """Every metric in the Prometheus text format (`CONTENT_TYPE`), from all workers."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        data = generate_latest(registry)
-    else:
-        from prometheus_client import REGISTRY
-
-        data = generate_latest(REGISTRY)
-    return Response(data, media_type=CONTENT_TYPE_LATEST)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.policy.diff import _Differ, diff_policies, render_markdown
+from gateway.policy.diff import _Differ, diff_policies
+from gateway.policy.diffrender import render_markdown
 from gateway.policy.load import load_texts, policy_files
 from gateway.policy.model import Policy
 

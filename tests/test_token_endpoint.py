@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.auth.reuse import Clock
 from gateway.config import load_settings
 
-from support.gateway import PASSWORDS, jwt_parts
+from tests.support.gateway import PASSWORDS, jwt_parts
 
 SERVICE = "unit-registry"
 
@@ -189,7 +191,7 @@ def test_refresh_token_stops_working_when_the_user_leaves(
     teams = policies / "teams.yaml"
     teams.write_text(teams.read_text().replace("viewers: [carol]", "viewers: []"))
     (policies / "tests" / "access.yaml").write_text("[]\n")
-    assert client.app.state.gateway.source.reload()
+    assert client.app.state.services.source.reload()
     answer = client.post(
         "/auth/token",
         data={"grant_type": "refresh_token", "refresh_token": refresh, "service": SERVICE},
@@ -263,26 +265,38 @@ def test_right_credentials_replayed_never_vouch_for_wrong_ones(client: TestClien
     assert wrong.status_code == 401
 
 
-def test_a_new_policy_revision_ends_replays(client: TestClient, policies: Path) -> None:
+def replayed(tmp_path: Path) -> bool:
+    """Whether the last token request was answered by a replay (so says its audit line)."""
+    return audit_lines(tmp_path)[-1].get("reused") is True
+
+
+def test_a_new_policy_revision_ends_replays(
+    client: TestClient, policies: Path, tmp_path: Path
+) -> None:
     scope = "repository:platform/app:pull,push"
-    before = token(client, scope, user="ci-deploy")
-    assert access(before)[0]["actions"] == ["pull", "push"]
+    for _ in range(3):  # kept from the second answer on: the third is a replay
+        before = token(client, scope, user="ci-deploy")
+    assert replayed(tmp_path)
     grants = policies / "access.yaml"
     grants.write_text(grants.read_text() + "\n# a new revision, same rights\n")
-    gateway = client.app.state.gateway
-    assert gateway.source.reload()
+    services = client.app.state.services
+    assert services.source.reload()
     after = token(client, scope, user="ci-deploy")
+    assert not replayed(tmp_path)
     assert after.json()["token"] != before.json()["token"]
-    assert jwt_parts(after.json()["token"])[1]["revision"] == gateway.source.status().revision
+    assert jwt_parts(after.json()["token"])[1]["revision"] == services.source.status().revision
 
 
-def test_a_new_signing_key_ends_replays(client: TestClient) -> None:
-    before = token(client, "repository:library/alpine:pull")
-    gateway = client.app.state.gateway
-    gateway.keys.rotate()
+def test_a_new_signing_key_ends_replays(client: TestClient, tmp_path: Path) -> None:
+    for _ in range(3):
+        before = token(client, "repository:library/alpine:pull")
+    assert replayed(tmp_path)
+    services = client.app.state.services
+    services.keys.rotate()
     after = token(client, "repository:library/alpine:pull")
-    assert jwt_parts(after.json()["token"])[0]["kid"] == gateway.keys.current().kid
-    assert jwt_parts(before.json()["token"])[0]["kid"] != gateway.keys.current().kid
+    assert not replayed(tmp_path)
+    assert jwt_parts(after.json()["token"])[0]["kid"] == services.keys.current().kid
+    assert jwt_parts(before.json()["token"])[0]["kid"] != services.keys.current().kid
 
 
 def test_a_lockout_is_not_bypassed_by_a_replay(client: TestClient, tmp_path: Path) -> None:
@@ -298,10 +312,13 @@ def test_a_lockout_is_not_bypassed_by_a_replay(client: TestClient, tmp_path: Pat
     assert locked.json()["errors"][0]["code"] == "TOO_MANY_REQUESTS"
 
 
-def test_answers_with_a_refresh_token_are_never_replayed(client: TestClient) -> None:
-    first = token(client, user="bob", offline_token="true").json()["refresh_token"]
-    second = token(client, user="bob", offline_token="true").json()["refresh_token"]
-    assert first != second
+def test_answers_with_a_refresh_token_are_never_replayed(
+    client: TestClient, tmp_path: Path
+) -> None:
+    answers = [token(client, user="ci-deploy", offline_token="true") for _ in range(3)]
+    refresh_tokens = {a.json()["refresh_token"] for a in answers}
+    assert len(refresh_tokens) == 3  # each one made for its request
+    assert not any(line.get("reused") for line in audit_lines(tmp_path))
 
 
 def test_an_unexpected_error_is_a_registry_500_without_a_traceback(
@@ -310,7 +327,7 @@ def test_an_unexpected_error_is_a_registry_500_without_a_traceback(
     async def broken(*args, **kwargs):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(client.app.state.gateway.tokens, "handle_get", broken)
+    monkeypatch.setattr(client.app.state.services.tokens, "answer", broken)
     answer = token(client, "repository:library/alpine:pull")
     assert answer.status_code == 500
     assert answer.json()["errors"][0]["code"] == "INTERNAL"
@@ -330,7 +347,7 @@ def test_an_unexpected_error_is_a_registry_500_without_a_traceback(
 def test_query_parameters_are_read_as_starlette_reads_them(query: bytes) -> None:
     from starlette.datastructures import QueryParams
 
-    from gateway.auth.endpoint import query_params
+    from gateway.auth.request import parse_urlencoded as query_params
 
     expected: dict[str, list[str]] = {}
     for key, value in QueryParams(query).multi_items():
@@ -348,6 +365,65 @@ def test_a_remembered_sign_in_ends_with_the_policy_revision(
     teams = policies / "teams.yaml"
     teams.write_text(teams.read_text().replace("viewers: [carol]", "viewers: []"))
     (policies / "tests" / "access.yaml").write_text("[]\n")
-    assert client.app.state.gateway.source.reload()
+    assert client.app.state.services.source.reload()
     # Another scope, the same header: signed in afresh, and carol is gone.
     assert token(client, "repository:platform/other:pull", user="carol").status_code == 401
+
+
+class SteppedClock(Clock):
+    """The reuse layer's clock, moved by the test; midnight wherever the test puts it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = 0.0
+        self.midnight = float("inf")
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def next_midnight(self, now: float) -> float:
+        return self.midnight
+
+
+def test_replays_stop_at_midnight(client: TestClient, tmp_path: Path) -> None:
+    clock = SteppedClock()
+    client.app.state.services.tokens.reuse.clock = clock
+    clock.midnight = clock.monotonic() + 20  # a robot's `expires` date acts at midnight
+    scope = "repository:platform/app:pull,push"
+    for _ in range(3):
+        token(client, scope, user="ci-deploy")
+    assert replayed(tmp_path)
+    clock.offset += 21  # past midnight, within the 30 s reuse window
+    assert token(client, scope, user="ci-deploy").status_code == 200
+    assert not replayed(tmp_path)
+
+
+def test_password_sign_ins_are_replayed_only_within_the_auth_cache_ttl(
+    tmp_path: Path, policies: Path
+) -> None:
+    settings = load_settings(
+        {
+            "policies": str(policies),
+            "data_dir": str(tmp_path / "data"),
+            "service": SERVICE,
+            "audit_log": str(tmp_path / "audit.log"),
+            "auth_cache_ttl": "5",
+        },
+        environ={},
+    )
+    with TestClient(create_app(settings)) as client:
+        clock = SteppedClock()
+        client.app.state.services.tokens.reuse.clock = clock
+        scope = "repository:platform/app:pull"
+        for _ in range(3):
+            token(client, scope, user="bob")
+        assert replayed(tmp_path)
+        clock.offset += 4
+        token(client, scope, user="bob")
+        assert replayed(tmp_path)  # a robot would be replayed for 30 s; bob for 5
+        clock.offset += 2
+        token(client, scope, user="bob")
+        assert not replayed(tmp_path)

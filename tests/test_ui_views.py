@@ -148,7 +148,7 @@ def running(tmp_path: Path, policies: Path, **extra: str) -> Iterator[UI]:
     index = CatalogIndex(fake)  # type: ignore[arg-type]
     asyncio.run(index.refresh())
     with TestClient(app) as client:
-        gateway = app.state.gateway
+        gateway = app.state.services
         gateway.catalog = index  # after start-up: no background refresh races the tests
         yield client, gateway, fake
 

@@ -6,21 +6,17 @@ Repository names are chosen by users, so they only ever appear below fixed prefi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.routing import BaseRoute, Mount, Route
 
+from gateway.services import Services
 from ui.site import Site
 from ui.templating import STATIC, HashedStaticFiles
 from ui.views import auth, catalog, policy, search
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
-
-def ui_routes(gateway: Gateway) -> list[BaseRoute]:
-    """The catalog UI's routes for a gateway, to append to the app's route list."""
-    site = Site(gateway)
+def ui_routes(services: Services) -> list[BaseRoute]:
+    """The catalog UI's routes over a service container, to append to the app's route list."""
+    site = Site(services)
     page = site.page
     return [
         Route("/", page(catalog.home), name="ui_home"),

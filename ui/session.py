@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import serialization
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.responses import Response
 
 from gateway.auth.identity import fingerprint
 from gateway.auth.keys import KeyStore
@@ -56,10 +57,7 @@ def is_directory(subject: Subject) -> bool:
 
 
 def _with(subject: Subject, groups: frozenset[str], directory: bool) -> Subject:
-    changes: dict[str, object] = {"groups": groups}
-    if directory and "directory" in {f.name for f in dataclasses.fields(Subject)}:
-        changes["directory"] = True
-    return dataclasses.replace(subject, **changes)
+    return dataclasses.replace(subject, groups=groups, directory=directory or subject.directory)
 
 
 def derive_secret(keys: KeyStore) -> bytes:
@@ -114,15 +112,21 @@ class SessionCodec:
         subject = _with(subject, groups, bool(data.get("d")))
         return Session(data["c"], subject, credential, via)
 
-    def cookie_options(self) -> dict[str, object]:
-        return {
-            "key": COOKIE,
-            "max_age": LIFETIME,
-            "path": "/",
-            "httponly": True,
-            "samesite": "lax",
-            "secure": self.secure,
-        }
+    def set_cookie(self, response: Response, session: Session) -> None:
+        """Put the session on the answer as its cookie."""
+        response.set_cookie(
+            COOKIE,
+            self.dumps(session),
+            max_age=LIFETIME,
+            path="/",
+            secure=self.secure,
+            httponly=True,
+            samesite="lax",
+        )
+
+    def clear_cookie(self, response: Response) -> None:
+        """Tell the browser to drop the session cookie."""
+        response.delete_cookie(COOKIE, path="/", secure=self.secure, httponly=True, samesite="lax")
 
 
 def still_valid(

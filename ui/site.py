@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from starlette.requests import Request
@@ -22,12 +22,10 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from gateway.auth.identity import AuthenticationFailed, Identity, basic_credentials
 from gateway.policy.engine import Engine
 from gateway.policy.model import REPOSITORY_ACTIONS, Subject
+from gateway.services import Services
 from ui.session import COOKIE, Session, SessionCodec, derive_secret, still_valid
 from ui.templating import make_templates
 from ui.visibility import Summaries, VisibilityCache, VisibleCatalog
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
 T = TypeVar("T")
 View = Callable[["Site", Request, "Viewer"], Awaitable[Response]]
@@ -100,11 +98,11 @@ def iso(timestamp: float | None) -> str | None:
 
 
 class Site:
-    """Everything the UI's pages share: the gateway, templates, caches and the session codec."""
+    """Everything the UI's pages share: the service container, templates, caches and the session codec."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.settings = gateway.settings
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
         self.templates = make_templates()
         self.visibility = VisibilityCache()
         self.summaries = Summaries()
@@ -118,7 +116,7 @@ class Site:
         """Made on first use: the signing keys exist only once the gateway has started."""
         if self._codec is None:
             secret = self.settings.session_secret
-            key = secret.reveal().encode() if secret else derive_secret(self.gateway.keys)
+            key = secret.reveal().encode() if secret else derive_secret(self.services.keys)
             secure = self.settings.public_url.startswith("https://")
             self._codec = SessionCodec(key, secure=secure)
         return self._codec
@@ -148,7 +146,7 @@ class Site:
     ) -> Identity:
         """Check credentials as the token endpoint does (slow hashes off the event loop)."""
         client = request.client.host if request.client else None
-        return await self.gateway.authenticator.password(engine, username, password, client=client)
+        return await self.services.authenticator.password(engine, username, password, client=client)
 
     async def _basic(self, request: Request, engine: Engine, value: str) -> Identity:
         """HTTP Basic on JSON requests: the Authenticator's verification cache keeps a
@@ -165,7 +163,7 @@ class Site:
 
         async def endpoint(request: Request) -> Response:
             started = time.perf_counter()
-            engine = self.gateway.source.engine
+            engine = self.services.source.engine
             assert engine is not None  # the gateway does not start without a policy
             json = wants_json(request)
             try:
@@ -191,16 +189,9 @@ class Site:
     def _finish(self, request: Request, response: Response, started: float) -> None:
         session: Session | None = getattr(request.state, "ui_session", None)
         if session is not None and session.fresh:
-            response.set_cookie(value=self.codec.dumps(session), **self.codec.cookie_options())
+            self.codec.set_cookie(response, session)
         elif getattr(request.state, "ui_session_cleared", False):
-            options = self.codec.cookie_options()
-            response.delete_cookie(
-                COOKIE,
-                path="/",
-                secure=bool(options["secure"]),
-                httponly=True,
-                samesite="lax",
-            )
+            self.codec.clear_cookie(response)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         elapsed = (time.perf_counter() - started) * 1000
@@ -270,11 +261,11 @@ class Site:
     # -- shared data ---------------------------------------------------------------------
 
     def visible(self, viewer: Viewer) -> VisibleCatalog:
-        return self.visibility.view(viewer.engine, viewer.subject, self.gateway.catalog)
+        return self.visibility.view(viewer.engine, viewer.subject, self.services.catalog)
 
     def registry_state(self, viewer: Viewer) -> dict[str, Any]:
         """Whether the catalog is current: feeds the banner shown when the registry is down."""
-        catalog = self.gateway.catalog
+        catalog = self.services.catalog
         if catalog is None:
             return {
                 "state": "off",
@@ -298,7 +289,8 @@ class Site:
         return {"state": "ok", "message": None, "as_of": as_of}
 
     def path(self, request: Request, name: str, **params: Any) -> str:
-        return request.scope.get("root_path", "") + str(request.app.url_path_for(name, **params))
+        root: str = request.scope.get("root_path", "")
+        return root + str(request.app.url_path_for(name, **params))
 
     def pull_host(self) -> str | None:
         """The registry address people pull from, as shown in commands."""

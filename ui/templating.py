@@ -88,7 +88,8 @@ def make_templates() -> Jinja2Templates:
         """A route's path (relative to the host), with its query string if given any."""
         request: Request = context["request"]
         query = params.pop("query", None)
-        path = request.scope.get("root_path", "") + str(request.app.url_path_for(name, **params))
+        root: str = request.scope.get("root_path", "")
+        path = root + str(request.app.url_path_for(name, **params))
         if query:
             path += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         return path

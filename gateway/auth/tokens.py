@@ -94,6 +94,9 @@ class _Jti:
         return f"{self._prefix}{next(self._count):x}"
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # made once, not per token
+
+
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
@@ -133,7 +136,7 @@ class _Signer:
         self._sign = sign
 
     def token(self, claims: Mapping[str, Any]) -> str:
-        payload = json.dumps(claims, separators=(",", ":")).encode()
+        payload = _ENCODE(claims).encode()
         signing_input = self.prefix + _b64(payload)
         return (signing_input + b"." + _b64(self._sign(signing_input))).decode("ascii")
 

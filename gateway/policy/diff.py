@@ -24,7 +24,6 @@ import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from gateway.policy.engine import Engine
 from gateway.policy.model import (
@@ -559,18 +558,3 @@ def _restriction_notices(old: Policy, new: Policy) -> list[Notice]:
         out.extend(Notice("restriction", name, "removed", text, None) for text in removed)
         out.extend(Notice("restriction", name, "added", None, text) for text in added)
     return out
-
-
-# -- the renderers' former home ----------------------------------------------------------
-
-_MOVED = frozenset({"SCHEMA", "notice_text", "render_json", "render_markdown", "to_data"})
-
-
-def __getattr__(name: str) -> Any:
-    # The renderers moved to gateway.policy.diffrender; importers not yet updated still find
-    # them here. Imported on use: diffrender imports this module.
-    if name in _MOVED:
-        from gateway.policy import diffrender
-
-        return getattr(diffrender, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

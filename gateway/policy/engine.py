@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from gateway.policy._utils import no_cyclic_gc
 from gateway.policy.model import (
     ANONYMOUS,
     AUTHENTICATED,
@@ -108,8 +107,7 @@ class Engine:
     """A policy compiled for fast decisions. Immutable once built; safe to share."""
 
     def __init__(self, policy: Policy) -> None:
-        with no_cyclic_gc():
-            self._compile(policy)
+        self._compile(policy)
 
     # At most this many subjects in the memo of `_facts`, which is emptied when full.
     SUBJECT_MEMO_SIZE = 10_000

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.policy import yamlnodes as yn
-from gateway.policy._utils import no_cyclic_gc
 from gateway.policy.model import (
     ANONYMOUS,
     AUTHENTICATED,
@@ -114,10 +113,9 @@ def load_texts(
 ) -> LoadResult:
     """Load and validate a policy from file texts keyed by display name."""
     builder = _Builder(today or dt.date.today())
-    with no_cyclic_gc():
-        for name in sorted(texts):
-            builder.read_file(name, texts[name])
-        policy = builder.build(revision or content_revision(texts), tuple(sorted(texts)))
+    for name in sorted(texts):
+        builder.read_file(name, texts[name])
+    policy = builder.build(revision or content_revision(texts), tuple(sorted(texts)))
     errors = [p for p in builder.problems if p.severity == "error"]
     if errors or policy is None:
         raise PolicyError(sorted(builder.problems, key=_order))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import gc
 import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def git_revision(directory: Path) -> str | None:
         return None
     finally:
         repo.close()
-    relative = str(Path(directory).resolve().relative_to(Path(repo.working_tree_dir).resolve()))
+    top = repo.working_tree_dir
+    if top is None:  # a bare repository has no work tree to be dirty
+        return commit[:12]
+    relative = str(Path(directory).resolve().relative_to(Path(top).resolve()))
     dirty = repo.is_dirty(untracked_files=True, path=None if relative == "." else relative)
     return commit[:12] + ("-dirty" if dirty else "")
 
@@ -74,11 +78,19 @@ class PolicySource:
     """Holds the engine that decides requests; `reload()` replaces it only with a valid policy.
 
     Readers take `source.engine` once per request: an Engine is immutable, so a request is
-    decided by exactly one revision even while a reload swaps in the next.
+    decided by exactly one revision even while a reload swaps in the next. `building` wraps
+    each load and compile (the app pauses the cyclic garbage collector there: a process-wide
+    decision this library does not make).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        building: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
         self.directory = Path(directory)
+        self.building = building
         self.engine: Engine | None = None
         self._lock = threading.Lock()
         self._loaded_at: float | None = None
@@ -115,7 +127,8 @@ class PolicySource:
             started = time.perf_counter()
             try:
                 texts, tests, revision = self.read()
-                engine, warnings = validate(texts, tests, revision)
+                with self.building():
+                    engine, warnings = validate(texts, tests, revision)
             except PolicyError as exc:
                 self._failures += 1
                 self._last_error = str(exc)
@@ -137,10 +150,6 @@ class PolicySource:
                 log.warning("%s", warning, extra={"event": "policy_warning"})
             previous = self.engine.revision if self.engine else None
             self.engine = engine
-            # Keep the live policy's objects out of every later collection: scanning them
-            # took 130 ms per full collection on a large policy, straight into token p99.
-            gc.collect()
-            gc.freeze()
             self._loaded_at = time.time()
             self._last_error = None
             self._reloads += 1

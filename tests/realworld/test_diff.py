@@ -17,7 +17,8 @@ import git
 import pytest
 
 from gateway.policy.check import check_directory
-from gateway.policy.diff import Change, diff_policies, render_markdown, to_data
+from gateway.policy.diff import Change, diff_policies
+from gateway.policy.diffrender import render_markdown, to_data
 from gateway.policy.gitread import PolicyReadError, load_revisions
 
 REPO = Path(__file__).resolve().parents[2]

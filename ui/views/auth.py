@@ -38,7 +38,7 @@ async def login(site: Site, request: Request, viewer: Viewer) -> Response:
     except AuthenticationFailed as exc:
         wait = retry_after(exc)
         status = 401 if wait is None else 429
-        site.gateway.audit.write(
+        site.services.audit.write(
             {
                 "event": "ui_login",
                 "status": status,
@@ -57,7 +57,7 @@ async def login(site: Site, request: Request, viewer: Viewer) -> Response:
     # A new session and a new CSRF token: nothing from before sign-in carries over.
     via = getattr(identity, "via", None)
     request.state.ui_session = new_session(identity.subject, identity.fingerprint, via)
-    site.gateway.audit.write(
+    site.services.audit.write(
         {"event": "ui_login", "status": 200, "username": username, "subject": str(identity.subject)}
     )
     return RedirectResponse(next_path, status_code=303)

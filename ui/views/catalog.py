@@ -22,7 +22,7 @@ SORTS = ("name", "date")
 def namespace_rows(site: Site, viewer: Viewer, view: VisibleCatalog) -> list[dict[str, Any]]:
     """The namespaces this viewer may see: those holding repositories they may pull, and the
     declared ones they may pull from (their own personal namespace included), even if empty."""
-    cached = view.memo.get("namespaces")
+    cached: list[dict[str, Any]] | None = view.memo.get("namespaces")
     if cached is not None:
         return cached
     policy = viewer.engine.policy

@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.health import health
 from gateway.policy.engine import Engine, Reason
 from gateway.policy.explain import explain as explain_scopes
 from gateway.policy.model import ANONYMOUS_SUBJECT, REPOSITORY_ACTIONS, Role, Subject
@@ -84,7 +85,7 @@ def access_data(site: Site, engine: Engine, target: str) -> dict[str, Any]:
 
 
 def policy_dir(site: Site) -> str:
-    return str(site.gateway.source.directory)
+    return str(site.services.source.directory)
 
 
 async def namespace_access(site: Site, request: Request, viewer: Viewer) -> Response:
@@ -123,8 +124,8 @@ async def teams(site: Site, request: Request, viewer: Viewer) -> Response:
     policy = engine.policy
     owned: dict[str, list[str]] = {}
     for namespace in policy.namespaces.values():
-        for team in namespace.teams:
-            owned.setdefault(team, []).append(namespace.name)
+        for owner in namespace.teams:
+            owned.setdefault(owner, []).append(namespace.name)
     rows = []
     for name in sorted(policy.teams):
         team = policy.teams[name]
@@ -151,19 +152,19 @@ async def teams(site: Site, request: Request, viewer: Viewer) -> Response:
 
 async def status(site: Site, request: Request, viewer: Viewer) -> Response:
     """The live policy revision, when it loaded, the last error, and the catalog index."""
-    health = site.gateway.health()
+    live = health(site.services)
     policy: dict[str, Any] = {
-        "state": health["status"],
-        "revision": health["revision"],
-        "loaded_at": health["loaded_at"],
-        "last_error": health["error"],
-        "reloads": health["reloads"],
-        "failed_reloads": health["failed_reloads"],
-        "version": health["version"],
+        "state": live["status"],
+        "revision": live["revision"],
+        "loaded_at": live["loaded_at"],
+        "last_error": live["error"],
+        "reloads": live["reloads"],
+        "failed_reloads": live["failed_reloads"],
+        "version": live["version"],
     }
     if viewer.admin:
-        policy["source"] = health["source"]
-    catalog = site.gateway.catalog
+        policy["source"] = live["source"]
+    catalog = site.services.catalog
     index: dict[str, Any] = {"configured": catalog is not None}
     if catalog is not None:
         view = site.visible(viewer)

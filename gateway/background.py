@@ -1,0 +1,134 @@
+"""The gateway's background work: keeping the policy, the htpasswd file, the signing keys
+and the catalog current. Each task runs until cancelled; `start` makes them for a lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import watchfiles
+
+from gateway import metrics
+from gateway.catalog.index import CatalogIndex
+from gateway.policy.gitsource import GitSyncError
+from gateway.services import Services
+
+log = logging.getLogger("registry_gateway")
+CATALOG_RETRY = 5.0  # seconds before reading a registry that failed again
+KEYS_INTERVAL = 2.0  # seconds between looks for keys rotated by another process
+
+
+def start(services: Services) -> list[asyncio.Task[None]]:
+    """The tasks these settings call for, started."""
+    settings = services.settings
+    work = [watch_keys(services)]
+    if services.remote is not None:
+        work.append(poll_remote(services))
+    elif settings.watch:
+        work.append(watch_policy(services))
+    if services.authenticator.htpasswd is not None and settings.watch:
+        work.append(watch_htpasswd(services))
+    if services.catalog is not None:
+        work.append(refresh_catalog(services, services.catalog))
+    return [asyncio.create_task(job) for job in work]
+
+
+async def sync(services: Services) -> bool:
+    """Fetch the remote (if any) and reload when anything changed; True if a reload ran."""
+    source, remote = services.source, services.remote
+    if remote is None:
+        return await asyncio.to_thread(source.reload)
+    try:
+        result = await asyncio.to_thread(remote.sync)
+    except GitSyncError:
+        return False  # logged by the remote; the last good revision stays in force
+    if result.changed or source.engine is None or source.status().last_error:
+        return await asyncio.to_thread(source.reload)
+    return False
+
+
+async def poll_remote(services: Services) -> None:
+    while True:
+        await asyncio.sleep(services.settings.poll_interval)
+        await sync(services)
+
+
+async def watch_policy(services: Services) -> None:
+    """Reload when the policy directory changes, once a burst of writes has settled."""
+    source = services.source
+    debounce = max(1, int(services.settings.reload_debounce * 1000))
+
+    def relevant(change: watchfiles.Change, path: str) -> bool:
+        return ".git" not in Path(path).parts and not path.endswith(("~", ".swp", ".tmp"))
+
+    async for _ in watchfiles.awatch(
+        source.directory, debounce=debounce, step=50, watch_filter=relevant, recursive=True
+    ):
+        await asyncio.to_thread(source.reload)
+
+
+async def watch_htpasswd(services: Services) -> None:
+    """Reload the htpasswd file when it changes (editors and `htpasswd` replace it whole)."""
+    htpasswd = services.authenticator.htpasswd
+    assert htpasswd is not None
+    path = htpasswd.path.absolute()
+    debounce = max(1, int(services.settings.reload_debounce * 1000))
+
+    def relevant(change: watchfiles.Change, changed: str) -> bool:
+        return Path(changed).name == path.name
+
+    try:
+        async for _ in watchfiles.awatch(
+            path.parent, debounce=debounce, step=50, watch_filter=relevant, recursive=False
+        ):
+            await asyncio.to_thread(htpasswd.reload)
+    except FileNotFoundError:
+        log.error(
+            "cannot watch %s: its directory does not exist; htpasswd changes need a restart",
+            path,
+            extra={"event": "htpasswd_unwatched"},
+        )
+
+
+async def watch_keys(services: Services) -> None:
+    """Pick up keys rotated by another process (`keys rotate`, another replica)."""
+    keys = services.keys
+    while True:
+        await asyncio.sleep(KEYS_INTERVAL)
+        try:
+            before = keys.current().kid
+            await asyncio.to_thread(keys.reload)
+            after = keys.current().kid
+            if after != before:
+                log.info(
+                    "now signing with key %s",
+                    after,
+                    extra={"event": "key_rotated", "kid": after},
+                )
+        except Exception:
+            log.exception("re-reading signing keys failed; still signing with the previous key")
+
+
+async def refresh_catalog(services: Services, catalog: CatalogIndex) -> None:
+    """Build the catalog index, then re-read the registry on an interval."""
+    while True:
+        refreshed = await catalog.refresh()
+        if refreshed:
+            metrics.CATALOG_REFRESH.set(catalog.refresh_seconds or 0)
+        count_catalog(catalog)
+        # A registry that is down (or not up yet) is tried again soon, not after a full period.
+        interval = services.settings.catalog_refresh
+        await asyncio.sleep(interval if refreshed else min(interval, CATALOG_RETRY))
+
+
+async def update_repository(catalog: CatalogIndex, name: str, pushed: str | None) -> None:
+    """Re-read one repository that a notification says changed."""
+    await catalog.update_repository(name, pushed_at=pushed)
+    count_catalog(catalog)
+
+
+def count_catalog(catalog: CatalogIndex) -> None:
+    status = catalog.status()
+    metrics.CATALOG_SIZE.labels("repositories").set(status.repositories)
+    metrics.CATALOG_SIZE.labels("tags").set(status.tags)

@@ -1,0 +1,111 @@
+"""The service container: everything a request may need, built once from the settings.
+
+`create_app` (gateway/app.py) wires these into routes; the UI and the system views take the
+container, never the app. Nothing here starts a task or serves a route.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+from gateway import metrics
+from gateway.audit import AuditLog
+from gateway.auth.identity import Authenticator
+from gateway.auth.keys import KeyStore
+from gateway.auth.reuse import Reuse
+from gateway.auth.service import TokenService
+from gateway.auth.tokens import TokenIssuer
+from gateway.catalog.index import CatalogIndex
+from gateway.catalog.registry import RegistryClient
+from gateway.config import Settings
+from gateway.policy.gitsource import GitRemote, GitSyncError
+from gateway.policy.source import PolicySource
+
+
+class PolicyUnavailable(RuntimeError):
+    """No valid policy at start: the gateway will not serve tokens from nothing."""
+
+
+class Services:
+    """The gateway's parts, for one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        building: Callable[[], AbstractContextManager[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.keys = KeyStore(settings.data_dir, common_name=settings.issuer)
+        self.remote, self.source = policy_source(settings, building)
+        self.source.listeners.append(metrics.policy_loaded)
+        self.issuer = TokenIssuer(
+            self.keys,
+            issuer=settings.issuer,
+            service=settings.service,
+            ttl=settings.token_ttl,
+            refresh_ttl=settings.refresh_ttl,
+        )
+        self.audit = AuditLog(settings.audit_log)
+        self.authenticator = Authenticator.from_settings(settings)
+        self.tokens = TokenService(
+            service=settings.service,
+            realm=settings.realm,
+            max_scopes=settings.max_scopes,
+            source=self.source,
+            issuer=self.issuer,
+            authenticator=self.authenticator,
+            audit=self.audit,
+            reuse=Reuse(
+                window=min(30.0, settings.token_ttl / 10),
+                auth_cache_ttl=self.authenticator.cache.ttl,
+            ),
+        )
+        self.catalog: CatalogIndex | None = None
+        if settings.registry_url:
+            self.catalog = CatalogIndex(RegistryClient(settings.registry_url, self.issuer))
+        # Set when the server stops taking new work (SIGTERM, shutdown): /readyz answers 503.
+        self.draining = threading.Event()
+
+    def start(self) -> None:
+        """Keys, the first policy and the htpasswd file; PolicyUnavailable without a policy."""
+        self.keys.ensure(self.settings.key_algorithm)
+        if self.source.engine is None:
+            load_first_policy(self.remote, self.source)
+        if self.authenticator.htpasswd is not None:
+            self.authenticator.htpasswd.reload()
+
+
+def policy_source(
+    settings: Settings,
+    building: Callable[[], AbstractContextManager[None]] | None = None,
+) -> tuple[GitRemote | None, PolicySource]:
+    """The policy's source: a directory, or a directory inside a clone of a git remote."""
+    options = {"building": building} if building is not None else {}
+    if not settings.policy_git:
+        return None, PolicySource(settings.policies, **options)
+    remote = GitRemote(
+        settings.policy_git,
+        settings.policy_branch,
+        settings.data_dir / "policy-git",
+        token=settings.policy_git_token.reveal() if settings.policy_git_token else None,
+        ssh_key=settings.policy_git_ssh_key,
+    )
+    return remote, PolicySource(remote.directory / settings.policy_path, **options)
+
+
+def load_first_policy(remote: GitRemote | None, source: PolicySource) -> None:
+    """Fetch and load the first policy; PolicyUnavailable when there is none to serve."""
+    if remote is not None:
+        try:
+            remote.sync()
+        except GitSyncError as exc:
+            if not (remote.directory / ".git").is_dir():
+                raise PolicyUnavailable(str(exc)) from None
+            # A remote that is down at start: serve the last checkout we have, if it is valid.
+    if not source.reload():
+        raise PolicyUnavailable(
+            f"no valid policy in {source.directory}: {source.status().last_error}"
+        )
