@@ -5,8 +5,8 @@
   one scope, signs an ES256 JWT with PyJWT carrying the same claims and header (`kid` and `x5c`)
   as a gateway access token, and answers in the token endpoint's format. It checks no password
   and decides nothing: what signing a token costs a Starlette route done the usual way (the
-  issue names PyJWT). The gateway itself signs with `cryptography` directly and answers
-  GET /auth/token ahead of Starlette's layers, so a token it signs can cost less than this.
+  issue names PyJWT). The gateway itself signs with `cryptography` directly, from a raw ASGI
+  endpoint on its `token` route, so a token it signs can cost less than this.
 - `GET /healthz`: for the benchmark to know the server is up.
 
 Serve it as the benchmark does (same settings as `registry-gateway serve`):

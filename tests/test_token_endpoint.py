@@ -7,17 +7,22 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from httpx2 import Response  # what starlette.testclient answers with
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.auth.reuse import Clock
 from gateway.config import load_settings
+from gateway.services import Services
 
 from tests.support.gateway import PASSWORDS, jwt_parts
 
 SERVICE = "unit-registry"
+Query = list[tuple[str, str | int | float | bool | None]]  # what TestClient takes as params
 
 
 @pytest.fixture
@@ -40,14 +45,27 @@ def client(tmp_path: Path, policies: Path) -> Iterator[TestClient]:
         yield test_client
 
 
-def token(client: TestClient, *scopes: str, user: str | None = None, **params: str):
-    query = [("service", SERVICE), *(("scope", s) for s in scopes), *params.items()]
+def services_of(client: TestClient) -> Services:
+    """The service container of the app under test."""
+    app = client.app
+    assert isinstance(app, Starlette)
+    services: Services = app.state.services
+    return services
+
+
+def token(client: TestClient, *scopes: str, user: str | None = None, **params: str) -> Response:
+    query: Query = [
+        ("service", SERVICE),
+        *(("scope", s) for s in scopes),
+        *params.items(),
+    ]
     auth = (user, PASSWORDS[user]) if user else None
     return client.get("/auth/token", params=query, auth=auth)
 
 
-def access(response) -> list[dict]:
-    return jwt_parts(response.json()["token"])[1]["access"]
+def access(response: Response) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = jwt_parts(response.json()["token"])[1]["access"]
+    return found
 
 
 def test_response_fields_have_the_types_clients_need(client: TestClient) -> None:
@@ -104,7 +122,7 @@ def test_catalog_scope_for_admin(client: TestClient) -> None:
     ],
 )
 def test_bad_requests_get_a_clear_400(
-    client: TestClient, params: dict, code: str, words: str
+    client: TestClient, params: dict[str, str], code: str, words: str
 ) -> None:
     query = {"service": SERVICE, **params}
     answer = client.get("/auth/token", params=query)
@@ -191,7 +209,7 @@ def test_refresh_token_stops_working_when_the_user_leaves(
     teams = policies / "teams.yaml"
     teams.write_text(teams.read_text().replace("viewers: [carol]", "viewers: []"))
     (policies / "tests" / "access.yaml").write_text("[]\n")
-    assert client.app.state.services.source.reload()
+    assert services_of(client).source.reload()
     answer = client.post(
         "/auth/token",
         data={"grant_type": "refresh_token", "refresh_token": refresh, "service": SERVICE},
@@ -227,7 +245,7 @@ def test_system_routes(client: TestClient) -> None:
     assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "NOT_FOUND"
 
 
-def audit_lines(tmp_path: Path) -> list[dict]:
+def audit_lines(tmp_path: Path) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
@@ -260,7 +278,7 @@ def test_a_repeated_request_is_answered_again_and_audited_again(
 def test_right_credentials_replayed_never_vouch_for_wrong_ones(client: TestClient) -> None:
     scope = "repository:platform/app:pull,push"
     assert token(client, scope, user="ci-deploy").status_code == 200
-    query = [("service", SERVICE), ("scope", scope)]
+    query: Query = [("service", SERVICE), ("scope", scope)]
     wrong = client.get("/auth/token", params=query, auth=("ci-deploy", "not-the-secret"))
     assert wrong.status_code == 401
 
@@ -279,7 +297,7 @@ def test_a_new_policy_revision_ends_replays(
     assert replayed(tmp_path)
     grants = policies / "access.yaml"
     grants.write_text(grants.read_text() + "\n# a new revision, same rights\n")
-    services = client.app.state.services
+    services = services_of(client)
     assert services.source.reload()
     after = token(client, scope, user="ci-deploy")
     assert not replayed(tmp_path)
@@ -291,7 +309,7 @@ def test_a_new_signing_key_ends_replays(client: TestClient, tmp_path: Path) -> N
     for _ in range(3):
         before = token(client, "repository:library/alpine:pull")
     assert replayed(tmp_path)
-    services = client.app.state.services
+    services = services_of(client)
     services.keys.rotate()
     after = token(client, "repository:library/alpine:pull")
     assert not replayed(tmp_path)
@@ -304,7 +322,7 @@ def test_a_lockout_is_not_bypassed_by_a_replay(client: TestClient, tmp_path: Pat
     for _ in range(3):  # the third is a replay
         assert token(client, scope, user="bob").status_code == 200
     assert audit_lines(tmp_path)[-1]["reused"] is True
-    query = [("service", SERVICE), ("scope", scope)]
+    query: Query = [("service", SERVICE), ("scope", scope)]
     for attempt in range(10):
         client.get("/auth/token", params=query, auth=("bob", f"guess-{attempt}"))
     locked = token(client, scope, user="bob")
@@ -324,10 +342,10 @@ def test_answers_with_a_refresh_token_are_never_replayed(
 def test_an_unexpected_error_is_a_registry_500_without_a_traceback(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(*args, **kwargs):
+    async def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(client.app.state.services.tokens, "answer", broken)
+    monkeypatch.setattr(services_of(client).tokens, "answer", broken)
     answer = token(client, "repository:library/alpine:pull")
     assert answer.status_code == 500
     assert answer.json()["errors"][0]["code"] == "INTERNAL"
@@ -365,7 +383,7 @@ def test_a_remembered_sign_in_ends_with_the_policy_revision(
     teams = policies / "teams.yaml"
     teams.write_text(teams.read_text().replace("viewers: [carol]", "viewers: []"))
     (policies / "tests" / "access.yaml").write_text("[]\n")
-    assert client.app.state.services.source.reload()
+    assert services_of(client).source.reload()
     # Another scope, the same header: signed in afresh, and carol is gone.
     assert token(client, "repository:platform/other:pull", user="carol").status_code == 401
 
@@ -390,7 +408,7 @@ class SteppedClock(Clock):
 
 def test_replays_stop_at_midnight(client: TestClient, tmp_path: Path) -> None:
     clock = SteppedClock()
-    client.app.state.services.tokens.reuse.clock = clock
+    services_of(client).tokens.reuse.clock = clock
     clock.midnight = clock.monotonic() + 20  # a robot's `expires` date acts at midnight
     scope = "repository:platform/app:pull,push"
     for _ in range(3):
@@ -416,7 +434,7 @@ def test_password_sign_ins_are_replayed_only_within_the_auth_cache_ttl(
     )
     with TestClient(create_app(settings)) as client:
         clock = SteppedClock()
-        client.app.state.services.tokens.reuse.clock = clock
+        services_of(client).tokens.reuse.clock = clock
         scope = "repository:platform/app:pull"
         for _ in range(3):
             token(client, scope, user="bob")
