@@ -445,3 +445,15 @@ def test_password_sign_ins_are_replayed_only_within_the_auth_cache_ttl(
         clock.offset += 2
         token(client, scope, user="bob")
         assert not replayed(tmp_path)
+
+
+def test_a_refused_action_is_audited_as_denied(client: TestClient, tmp_path: Path) -> None:
+    answer = token(
+        client, "repository:platform/app:pull,push", "repository:library/x:pull", user="carol"
+    )
+    assert answer.status_code == 200  # a token is issued; push on platform/app is not in it
+    line = audit_lines(tmp_path)[-1]
+    assert line["denied"] == [{"type": "repository", "name": "platform/app", "actions": ["push"]}]
+    full = token(client, "repository:platform/app:pull,push", user="ci-deploy")
+    assert full.status_code == 200
+    assert "denied" not in audit_lines(tmp_path)[-1]

@@ -90,10 +90,15 @@ def issued(
         tail += f',"{name}":{json.dumps(value)}'
     record = {"event": "token", "outcome": "issued", "status": 200, **record}
     record["granted"] = signed.granted()
-    codes = "".join(
-        metrics.decision_code(len(s.actions), len(a))
-        for s, (_, _, a) in zip(scopes, signed.access, strict=True)
-    )
+    codes = ""
+    denied = []
+    for s, (_, _, granted) in zip(scopes, signed.access, strict=True):
+        codes += metrics.decision_code(len(s.actions), len(granted))
+        refused = [a for a in s.actions if a not in granted]
+        if refused:
+            denied.append({"type": s.type, "name": s.name, "actions": refused})
+    if denied:  # what was asked and not granted: searchable in the audit (`select(.denied)`)
+        record["denied"] = denied
     return TokenAnswer(
         status=200,
         outcome="issued",
