@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway import metrics
 from gateway.auth.scope import Scope, format_scope
@@ -15,8 +14,7 @@ from gateway.responses import error_body
 Access = tuple[tuple[str, str, tuple[str, ...]], ...]  # (type, name, granted actions) per scope
 
 
-@dataclass(frozen=True, slots=True)
-class SignedToken:
+class SignedToken(NamedTuple):
     """A signed access token and what it grants."""
 
     token: str
@@ -38,8 +36,7 @@ class SignedToken:
         return " ".join(format_scope(Scope(t, n, a)) for t, n, a in self.access if a)
 
 
-@dataclass(frozen=True, slots=True)
-class TokenAnswer:
+class TokenAnswer(NamedTuple):
     """One answer to a token request: an issued token or a refusal.
 
     The body of an issued token is `head`, then its `expires_in` at the moment of sending,
