@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Awaitable
 from pathlib import Path
 
 import watchfiles
@@ -51,7 +53,18 @@ async def sync(services: Services) -> bool:
 async def poll_remote(services: Services) -> None:
     while True:
         await asyncio.sleep(services.settings.poll_interval)
-        await sync(services)
+        await _survive("polling the policy remote", sync(services))
+
+
+async def _survive(what: str, work: Awaitable[object]) -> None:
+    """Run one round of a background task; an unexpected error is logged, and the task goes
+    on to its next round (a dead task would leave the gateway serving stale data silently)."""
+    try:
+        await work
+    except Exception:
+        log.exception(
+            "%s failed; trying again on the next change", what, extra={"event": "task_error"}
+        )
 
 
 async def watch_policy(services: Services) -> None:
@@ -65,24 +78,35 @@ async def watch_policy(services: Services) -> None:
     async for _ in watchfiles.awatch(
         source.directory, debounce=debounce, step=50, watch_filter=relevant, recursive=True
     ):
-        await asyncio.to_thread(source.reload)
+        await _survive("reloading the policy", asyncio.to_thread(source.reload))
+
+
+def file_identity(path: Path) -> tuple[str, int, int, int, int] | None:
+    """What changes when a file is replaced by any means: its resolved path, and the inode,
+    size and modification time of what it resolves to (None while it does not exist)."""
+    try:
+        stat = path.stat()  # through every symlink
+    except OSError:
+        return None
+    return (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 async def watch_htpasswd(services: Services) -> None:
-    """Reload the htpasswd file when it changes (editors and `htpasswd` replace it whole)."""
+    """Reload the htpasswd file whenever what its path resolves to changes: edited in place,
+    replaced whole (editors, `htpasswd`), or swapped under it as a Kubernetes Secret or
+    ConfigMap volume does (`htpasswd -> ..data/htpasswd`, `..data` renamed to a new
+    directory). Any change in its directory is a reason to look; the look is a stat."""
     htpasswd = services.authenticator.htpasswd
     assert htpasswd is not None
     path = htpasswd.path.absolute()
     debounce = max(1, int(services.settings.reload_debounce * 1000))
-
-    def relevant(change: watchfiles.Change, changed: str) -> bool:
-        return Path(changed).name == path.name
-
+    seen = file_identity(path)
     try:
-        async for _ in watchfiles.awatch(
-            path.parent, debounce=debounce, step=50, watch_filter=relevant, recursive=False
-        ):
-            await asyncio.to_thread(htpasswd.reload)
+        async for _ in watchfiles.awatch(path.parent, debounce=debounce, step=50, recursive=False):
+            now = file_identity(path)
+            if now != seen:
+                seen = now
+                await _survive("reloading the htpasswd file", asyncio.to_thread(htpasswd.reload))
     except FileNotFoundError:
         log.error(
             "cannot watch %s: its directory does not exist; htpasswd changes need a restart",
