@@ -59,7 +59,8 @@ def engine_for(texts: dict[str, str]) -> Engine:
 
 
 def glob_matches(pattern: str, repository: str) -> bool:
-    """`*` within one component, `**` any number of components (at least one at the end)."""
+    """`*` within one component, `**` any number of components, none included (`a/**`
+    matches `a`)."""
     return _match(pattern.split("/"), repository.split("/"))
 
 
@@ -68,8 +69,7 @@ def _match(pattern: list[str], parts: list[str]) -> bool:
         return not parts
     head, rest = pattern[0], pattern[1:]
     if head == "**":
-        least = 0 if rest else 1
-        return any(_match(rest, parts[i:]) for i in range(least, len(parts) + 1))
+        return any(_match(rest, parts[i:]) for i in range(len(parts) + 1))
     return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _match(rest, parts[1:])
 
 
@@ -144,9 +144,9 @@ def anonymous_may_pull(spec: PolicySpec, repository: str) -> bool:
 def instances(pattern: str) -> set[str]:
     """Repository names a pattern matches: `*` as `x` and `x-y`, `**` as zero to two parts."""
     names = {""}
-    for i, segment in enumerate(pattern.split("/")):
+    for segment in pattern.split("/"):
         if segment == "**":
-            choices = ["d", "d/e"] if i == len(pattern.split("/")) - 1 else ["", "d", "d/e"]
+            choices = ["", "d", "d/e"]
         else:
             choices = sorted({segment.replace("*", "x"), segment.replace("*", "x-y")})
         names = {f"{n}/{c}".strip("/") if c else n for n in names for c in choices}
@@ -156,7 +156,8 @@ def instances(pattern: str) -> set[str]:
 def probe_repositories(spec: PolicySpec) -> list[str]:
     names = {"alpine", "unknown-ns/app", "unknown-ns/prod/api", "a/b/c/d"}
     for namespace in [*spec.namespaces, *spec.users]:
-        names.update({namespace, f"{namespace}/app", f"{namespace}/prod/api", f"{namespace}/x/y"})
+        names.update({namespace, f"{namespace}/app", f"{namespace}/prod", f"{namespace}/prod/api"})
+        names.add(f"{namespace}/x/y")
     for rule in [*spec.grants, *spec.restrictions]:
         for pattern in rule["repositories"]:
             names.update(instances(pattern))

@@ -1,4 +1,8 @@
-"""Repository patterns: `*` matches within one path component, `**` across components."""
+"""Repository patterns: `*` matches within one path component, `**` zero or more components.
+
+`X/**` matches `X` itself as well as everything below it, in grants and restrictions alike:
+a restriction on `platform/prod/**` protects the repository `platform/prod` too.
+"""
 
 from __future__ import annotations
 
@@ -84,9 +88,7 @@ def compile_pattern(text: str) -> Pattern:
                 parts.append(r".+")
             elif i == 0:
                 parts.append(r"(?:[^/]+/)*")
-            elif i == last:
-                parts.append(r"(?:/[^/]+)+")
-            else:
+            else:  # in the middle or at the end: zero or more (`team/**` matches `team`)
                 parts.append(r"(?:/[^/]+)*")
             continue
         if not segment:

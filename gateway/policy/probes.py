@@ -2,7 +2,7 @@
 
 Probes: `ns/P` and `ns/P/P` for every namespace (personal ones included), `P` for the
 global namespace, and every grant and restriction pattern with `*` replaced by `P` and `**`
-by zero (where it may match none), one and two components; a restriction pattern that
+by zero, one and two components (`X/**` matches `X` too); a restriction pattern that
 starts with a wildcard is also tried in every declared namespace. `P` is a component that
 no pattern names, so `ns/P` stands for "any other repository in ns".
 
@@ -55,13 +55,12 @@ def _choose_token(policies: tuple[Policy, Policy]) -> str:
 
 
 def _instances(segments: list[str], token: str) -> list[str]:
-    """Concrete names for a pattern: `*` is the token, `**` zero (if allowed), one, two."""
-    last = len(segments) - 1
+    """Concrete names for a pattern: `*` is the token, `**` zero, one and two components
+    (zero too at the end: `platform/prod/**` probes `platform/prod` itself)."""
     options: list[list[list[str]]] = []
-    for i, segment in enumerate(segments):
+    for segment in segments:
         if segment == "**":
-            counts = (1, 2) if i == last else (0, 1, 2)
-            options.append([[token] * n for n in counts])
+            options.append([[token] * n for n in (0, 1, 2)])
         else:
             options.append([[segment.replace("*", token)]])
     names = (
@@ -90,8 +89,12 @@ class _Probes:
         declared = [n for n in namespaces if not _is_personal(n, old, new)]
         texts = sorted({*_pattern_texts(old), *_pattern_texts(new)})
         for text in texts:
-            for name in _instances(text.split("/"), token):
-                self.add(name, text)
+            segments = text.split("/")
+            # `X/**` matches `X` too, but `X` does not stand for the pattern's group: a change
+            # on `X/**` that leaves `X` alone may still be shown as `X/**` except `X`.
+            bare = set(_instances(segments[:-1], token)) if segments[-1] == "**" else set()
+            for name in _instances(segments, token):
+                self.add(name, None if name in bare else text)
         wild_restrictions = {
             text
             for policy in (old, new)
@@ -117,12 +120,21 @@ class _Probes:
         self.members: dict[str, set[int]] = defaultdict(set)  # group label -> matching probes
         literal = {text for text in texts if "*" not in text}
         self.matched = [_match(buckets, literal, name) for name in self.names]
+        # Groups by pattern. In the diff's rows `X/**` stands for namespace X (docs/gitops.md),
+        # so the repository `X` of the global namespace, which the pattern `X/**` matches as
+        # well, is left out of that group (it is shown on its own, as `X`).
+        self.grouped = [
+            [t for t in texts_ if t != f"{name}/**"] if "/" not in name else texts_
+            for name, texts_ in zip(self.names, self.matched, strict=True)
+        ]
         self._candidates: dict[int, list[str]] = {}
-        for pid, texts_ in enumerate(self.matched):
+        for pid, texts_ in enumerate(self.grouped):
             self.members["**"].add(pid)
             self.members[self.namespace_label(pid)].add(pid)
             for text in texts_:
                 self.members[text].add(pid)
+            if token not in self.names[pid]:  # a real name is a group of its own
+                self.members[self.names[pid]].add(pid)
 
     def add(self, name: str, label: str | None) -> None:
         pid = self.ids.get(name)
@@ -148,8 +160,9 @@ class _Probes:
         found = self._candidates.get(pid)
         if found is None:
             labels = ["**", self.namespace_label(pid)]
-            patterns = sorted(self.matched[pid], key=lambda t: (-len(self.members[t]), t))
-            found = self._candidates[pid] = list(dict.fromkeys(labels + patterns))
+            patterns = sorted(self.grouped[pid], key=lambda t: (-len(self.members[t]), t))
+            itself = [self.names[pid]] if self.token not in self.names[pid] else []
+            found = self._candidates[pid] = list(dict.fromkeys(labels + patterns + itself))
         return found
 
 
