@@ -19,7 +19,8 @@ from urllib.parse import urlencode, urlsplit
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from gateway.auth.identity import AuthenticationFailed, Identity, basic_credentials
+from gateway.auth.basic import basic_credentials
+from gateway.auth.identity import ANONYMOUS, AuthenticationFailed, Identity
 from gateway.policy.engine import Engine
 from gateway.policy.model import REPOSITORY_ACTIONS, Subject
 from gateway.services import Services
@@ -151,7 +152,10 @@ class Site:
     async def _basic(self, request: Request, engine: Engine, value: str) -> Identity:
         """HTTP Basic on JSON requests: the Authenticator's verification cache keeps a
         script's repeated requests from paying a slow hash each time."""
-        username, password = basic_credentials(value)
+        parsed = basic_credentials(value)
+        if parsed is None:  # `Basic Og==` (empty name and password): no credentials
+            return ANONYMOUS
+        username, password = parsed
         return await self.sign_in(request, engine, username, password)
 
     # -- the request cycle ---------------------------------------------------------------

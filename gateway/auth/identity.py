@@ -20,8 +20,6 @@ be told apart from a wrong password by timing (no user enumeration). Failures ar
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
 import functools
 import hashlib
@@ -176,19 +174,6 @@ def throttle_for(settings: Settings) -> Throttle:
         MemoryFailureCounter(rules(settings.lockout_failures)),
         MemoryFailureCounter(rules(settings.lockout_address_failures)),
     )
-
-
-def basic_credentials(value: str) -> tuple[str, str]:
-    """User name and password from the base64 part of `Authorization: Basic ...`;
-    AuthenticationFailed when it is not `name:password` in UTF-8."""
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise AuthenticationFailed("malformed basic credentials") from None
-    username, sep, password = decoded.partition(":")
-    if not sep or not username:
-        raise AuthenticationFailed("malformed basic credentials", username)
-    return username, password
 
 
 class Authenticator:

@@ -14,13 +14,13 @@ from typing import Any
 from gateway import metrics
 from gateway.audit import AuditLog, now_iso
 from gateway.auth.answer import SignedToken, TokenAnswer, issued, refused
+from gateway.auth.basic import basic_credentials
 from gateway.auth.identity import (
     ANONYMOUS,
     AuthenticationFailed,
     Authenticator,
     Identity,
     TooManyAttempts,
-    basic_credentials,
 )
 from gateway.auth.request import BadRequest, TokenRequest
 from gateway.auth.reuse import Conditions, Reuse
@@ -178,7 +178,11 @@ class TokenService:
             scheme, _, value = credentials.secret.partition(" ")
             if scheme.lower() != "basic":
                 raise AuthenticationFailed("unsupported authorization scheme")
-            username, password = basic_credentials(value)
+            parsed = basic_credentials(value)
+            if parsed is None:  # `Basic Og==` (empty name and password): no credentials
+                record["auth"] = "anonymous"
+                return ANONYMOUS
+            username, password = parsed
             record["username"] = username[:200]
         identity = await self.authenticator.password(
             engine, username, password, client=request.client
