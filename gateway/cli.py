@@ -38,8 +38,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from gateway.policy.explain import explain, render_text
-    from gateway.policy.load import PolicyError, load_directory
+    from gateway.policy.load import PolicyError, load_texts
     from gateway.policy.model import Subject
+    from gateway.policy.source import read_policy
 
     try:
         subject = Subject.parse(args.subject)
@@ -47,7 +48,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"registry-gateway explain: {exc}", file=sys.stderr)
         return 2
     try:
-        engine_policy = load_directory(Path(args.policies)).policy
+        texts, _, revision = read_policy(Path(args.policies))  # the server's revision string
+        engine_policy = load_texts(texts, revision=revision).policy
     except PolicyError as exc:
         print(
             f"registry-gateway explain: the policy in {args.policies} is invalid:", file=sys.stderr

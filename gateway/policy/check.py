@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.policy.engine import Engine
-from gateway.policy.load import PolicyError, Problem, load_directory
+from gateway.policy.load import PolicyError, Problem, load_texts, policy_files
+from gateway.policy.source import policy_revision
 from gateway.policy.tests import case_files, read_cases, run_cases
 
 
@@ -48,17 +49,21 @@ def _n(count: int, word: str) -> str:
 
 
 def check_directory(directory: Path, *, revision: str | None = None) -> Report:
-    """Load, validate and test a policy; the report lists everything found."""
+    """Load, validate and test a policy; the report lists everything found. The revision is
+    the one a gateway serving this directory reports (`source.policy_revision`)."""
     report = Report()
     engine = None
+    tests = case_files(directory)
     try:
-        result = load_directory(directory, revision=revision)
+        texts = policy_files(directory)
+        found = revision or policy_revision(directory, {**texts, **tests})
+        result = load_texts(texts, revision=found)
         report.problems.extend(result.warnings)
         engine = Engine(result.policy)
         report.revision = result.policy.revision
     except PolicyError as exc:
         report.problems.extend(exc.problems)
-    cases, problems = read_cases(case_files(directory))
+    cases, problems = read_cases(tests)
     report.problems.extend(problems)
     if engine is not None:
         failures = run_cases(engine, cases)

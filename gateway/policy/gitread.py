@@ -15,8 +15,12 @@ from git.exc import BadName, BadObject  # gitdb's, re-exported typed
 
 from gateway.policy.load import PolicyError, load_texts, policy_files
 from gateway.policy.model import Policy
+from gateway.policy.source import policy_revision
+from gateway.policy.tests import case_files
 
-WORKTREE = "WORKTREE"  # the special revision: the files on disk now, committed or not
+# The special revision: the files on disk now, committed or not. The policy read there has
+# the revision a gateway serving those files reports (`source.policy_revision`).
+WORKTREE = "WORKTREE"
 _SYMLINK = 0o120000
 
 
@@ -60,7 +64,7 @@ def policy_path(repo: git.Repo, path: str, cwd: Path | None = None) -> str:
 
 
 def texts_at(repo: git.Repo, rev: str, directory: str) -> tuple[dict[str, str], str]:
-    """The policy files of `directory` at `rev`, keyed `REV:path`, and the commit's short id."""
+    """The policy files of `directory` at `rev`, keyed `REV:path`, and the revision they have."""
     if rev == WORKTREE:
         return _worktree_texts(repo, directory)
     try:
@@ -101,10 +105,12 @@ def _worktree_texts(repo: git.Repo, directory: str) -> tuple[dict[str, str], str
     root = Path(repo.working_tree_dir)
     try:
         texts = policy_files(root / directory)
+        tests = case_files(root / directory)
     except PolicyError as exc:
         raise PolicyReadError(f"{WORKTREE}: {exc}") from None
+    revision = policy_revision(root / directory, {**texts, **tests})
     prefix = f"{root}{os.sep}"
-    return {name.removeprefix(prefix): text for name, text in texts.items()}, WORKTREE
+    return {name.removeprefix(prefix): text for name, text in texts.items()}, revision
 
 
 def load_revision(repo: git.Repo, rev: str, directory: str) -> Policy:
@@ -113,7 +119,7 @@ def load_revision(repo: git.Repo, rev: str, directory: str) -> Policy:
     try:
         return load_texts(texts, revision=revision).policy
     except PolicyError as exc:
-        where = rev if revision in (rev, WORKTREE) else f"{rev} ({revision})"
+        where = rev if revision == rev else f"{rev} ({revision})"
         raise PolicyReadError(f"the policy at revision {where} is invalid:\n{exc}") from None
 
 

@@ -89,13 +89,18 @@ def policy_files(directory: Path) -> dict[str, str]:
     return texts
 
 
-def content_revision(texts: Mapping[str, str], base: Path | None = None) -> str:
-    """A stable revision for policy text not in git: a hash of relative names and contents."""
+def content_digest(texts: Mapping[str, str], base: Path | None = None) -> str:
+    """12 hex digits of a SHA-256 over the texts' names (relative to `base`) and contents."""
     digest = hashlib.sha256()
     for name in sorted(texts):
         relative = str(Path(name).relative_to(base)) if base is not None else name
         digest.update(relative.encode() + b"\0" + texts[name].encode() + b"\0")
-    return "sha256:" + digest.hexdigest()[:12]
+    return digest.hexdigest()[:12]
+
+
+def content_revision(texts: Mapping[str, str], base: Path | None = None) -> str:
+    """A stable revision for policy text not in git: `sha256:` and `content_digest`."""
+    return "sha256:" + content_digest(texts, base)
 
 
 def load_directory(

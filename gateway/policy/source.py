@@ -4,43 +4,137 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+import git
+from git.db import GitDB  # gitdb's reader, re-exported: objects read in-process, no git command
+from git.objects.fun import tree_entries_from_data
 
 from gateway.policy.engine import Engine
-from gateway.policy.load import PolicyError, Problem, content_revision, load_texts, policy_files
+from gateway.policy.load import (
+    PolicyError,
+    Problem,
+    content_digest,
+    content_revision,
+    load_texts,
+    policy_files,
+)
 from gateway.policy.tests import case_files, read_cases, run_cases
 
 log = logging.getLogger("registry_gateway.policy")
 
 
-def git_revision(directory: Path) -> str | None:
-    """The commit of a directory inside a git work tree, `-dirty` when it has changes there."""
-    try:
-        import git
-    except ImportError:  # pragma: no cover - GitPython is a dependency
-        return None
+def git_revision(directory: Path, files: Mapping[str, str]) -> str | None:
+    """The revision of policy files read from `directory` in a git work tree; None outside one.
+
+    `files` are the policy's files and its tests as read, by display name under `directory`.
+    The commit's first 12 hex digits when they are exactly what the checked-out commit holds
+    there; else `<commit>-dirty-<content digest>`, so that every uncommitted state has its own
+    revision and nothing keyed on it (the token reuse caches) outlives an edit. Read without a
+    git command: HEAD from the ref files, the commit's tree from the object database.
+    """
     try:
         repo = git.Repo(directory, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         return None
     try:
-        commit = repo.head.commit.hexsha
-    except ValueError:  # a repository without commits
-        return None
+        try:
+            commit = git.SymbolicReference.dereference_recursive(repo, "HEAD")
+        except ValueError:  # a repository without commits
+            return None
+        top = repo.working_tree_dir
+        if top is None:  # a bare repository: the files are not its work tree
+            return None
+        try:
+            relative = Path(directory).resolve().relative_to(Path(top).resolve()).as_posix()
+        except ValueError:
+            return None
+        committed = _committed_blobs(Path(repo.common_dir) / "objects", commit, relative)
     finally:
         repo.close()
-    top = repo.working_tree_dir
-    if top is None:  # a bare repository has no work tree to be dirty
+    base = Path(directory)
+    on_disk = {Path(name).relative_to(base).as_posix(): _blob_id(t) for name, t in files.items()}
+    if committed == on_disk:
         return commit[:12]
-    relative = str(Path(directory).resolve().relative_to(Path(top).resolve()))
-    dirty = repo.is_dirty(untracked_files=True, path=None if relative == "." else relative)
-    return commit[:12] + ("-dirty" if dirty else "")
+    return f"{commit[:12]}-dirty-{content_digest(files, base=base)}"
+
+
+def policy_revision(directory: Path, files: Mapping[str, str]) -> str:
+    """The one revision string of a policy state, used by the server, `check`, `explain` and
+    `diff` alike: `git_revision`, or outside git `sha256:` and the content digest."""
+    return git_revision(directory, files) or content_revision(files, base=Path(directory))
+
+
+def read_policy(directory: Path) -> tuple[dict[str, str], dict[str, str], str]:
+    """A policy directory's files, its tests and its revision, as on disk now."""
+    texts = policy_files(directory)
+    tests = case_files(directory)
+    return texts, tests, policy_revision(directory, {**texts, **tests})
+
+
+def _blob_id(text: str) -> bytes:
+    """The git object id of a file holding `text` (UTF-8)."""
+    data = text.encode("utf-8")
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).digest()
+
+
+def _committed_blobs(objects: Path, commit: str, directory: str) -> dict[str, bytes] | None:
+    """The object ids of the policy and test files below `directory` in `commit`, by path
+    relative to `directory` (chosen as `policy_files` and `case_files` choose them); None when
+    the repository cannot be read this way (the files then count as uncommitted)."""
+    try:
+        db = GitDB(str(objects))
+        data = _read(db, bytes.fromhex(commit), b"commit")
+        head = data.split(b"\n", 1)[0]
+        if not head.startswith(b"tree "):
+            return None
+        tree = bytes.fromhex(head[5:].decode("ascii"))
+        for part in [] if directory == "." else directory.split("/"):
+            found = [
+                sha
+                for sha, mode, name in tree_entries_from_data(_read(db, tree, b"tree"))
+                if name == part and mode == _TREE
+            ]
+            if not found:
+                return {}
+            tree = found[0]
+        blobs: dict[str, bytes] = {}
+        _walk(db, tree, (), blobs)
+        return blobs
+    except Exception:  # a corrupt, shallow, partial or SHA-256 repository: not provably clean
+        return None
+
+
+_TREE = 0o040000
+_FILES = (0o100644, 0o100755)
+
+
+def _read(db: GitDB, sha: bytes, kind: bytes) -> bytes:
+    stream = db.stream(sha)
+    if stream.type != kind:
+        raise ValueError(f"{sha.hex()} is a {stream.type!r}, not a {kind!r}")
+    data: bytes = stream.read()
+    return data
+
+
+def _walk(db: GitDB, tree: bytes, prefix: tuple[str, ...], blobs: dict[str, bytes]) -> None:
+    for sha, mode, name in tree_entries_from_data(_read(db, tree, b"tree")):
+        parts = (*prefix, name)
+        in_tests = parts[0] == "tests"
+        if mode == _TREE:
+            if in_tests or not name.startswith("."):
+                _walk(db, sha, parts, blobs)
+        elif mode in _FILES and PurePosixPath(name).suffix in (".yaml", ".yml"):
+            hidden = any(p.startswith(".") for p in parts)
+            if (in_tests and len(parts) > 1) or not (in_tests or hidden):
+                blobs["/".join(parts)] = sha
 
 
 def validate(
@@ -113,12 +207,7 @@ class PolicySource:
 
     def read(self) -> tuple[dict[str, str], dict[str, str], str]:
         """The policy's files, its tests and its revision, as on disk now."""
-        texts = policy_files(self.directory)
-        tests = case_files(self.directory)
-        revision = git_revision(self.directory) or content_revision(
-            {**texts, **tests}, base=self.directory
-        )
-        return texts, tests, revision
+        return read_policy(self.directory)
 
     def reload(self) -> bool:
         """Load the policy now; on failure keep the last good one and record why."""

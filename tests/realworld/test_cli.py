@@ -17,7 +17,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_check_passes_on_the_example_policy() -> None:
     proc = run("check", "policies")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("check: ok: 0 errors, 0 warnings; tests: 18 passed, 0 failed")
+    assert proc.stdout.startswith("check: ok: 0 errors, 0 warnings; tests: 20 passed, 0 failed")
 
 
 def test_check_fails_with_located_errors_and_failed_tests(tmp_path: Path) -> None:
