@@ -1,9 +1,12 @@
 """Signed session cookies for the UI: who signed in, with which credential, and a CSRF token.
 
 The cookie holds no password, only the subject, its directory groups, a fingerprint of the
-stored credential and a random CSRF token, signed with a key every replica derives alike.
-Each request re-checks the subject against the live policy: a user removed from the policy,
-or whose password changed, is signed out on their next click.
+stored credential, a random session id and a random CSRF token, signed with a key every
+replica derives alike and bound to the gateway's service (a cookie one service minted does not
+verify for another). Each request re-checks the subject against the live policy: a user
+removed from the policy, or whose password changed, is signed out on their next click; and
+against the revoked session ids: signing out revokes the session's id until the cookie would
+have expired (in Redis, for every replica, when `redis_url` is set; else in this process).
 """
 
 from __future__ import annotations
@@ -12,21 +15,36 @@ import dataclasses
 import datetime as dt
 import hashlib
 import hmac
+import logging
+import math
 import secrets
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from gateway.auth.identity import fingerprint
 from gateway.auth.keys import KeyStore
+from gateway.config import Settings
 from gateway.policy.engine import Engine
 from gateway.policy.model import ANONYMOUS_SUBJECT, Subject
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+log = logging.getLogger("registry_gateway.ui")
 
 COOKIE = "rg_session"
 LIFETIME = 12 * 3600  # seconds a sign-in lasts
 _CONTEXT = b"registry-gateway ui session v1"
+# A revocation outlives the cookie's own expiry by this much: replicas' clocks may differ.
+CLOCK_SLACK = 300.0
+MAX_REVOKED = 100_000  # sign-outs remembered in memory at most (the oldest go first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,17 +56,26 @@ class Session:
     credential: str | None = None  # fingerprint of the credential used to sign in
     via: str | None = None  # which credential: None (policy password, robot secret),
     # "token:NAME" (personal access token), "htpasswd" or "ldap" (a directory)
+    sid: str | None = None  # a signed-in session's random id: what signing out revokes
+    issued: float | None = field(default=None, compare=False)  # when the cookie was signed
     fresh: bool = field(default=False, compare=False)  # made for this request: set the cookie
 
     @property
     def signed_in(self) -> bool:
         return self.subject.kind != "anonymous"
 
+    def remaining(self, now: float | None = None) -> float:
+        """Seconds until the cookie expires by itself (LIFETIME for one not yet sent)."""
+        if self.issued is None:
+            return float(LIFETIME)
+        return max(0.0, self.issued + LIFETIME - (time.time() if now is None else now))
+
 
 def new_session(
     subject: Subject = ANONYMOUS_SUBJECT, credential: str | None = None, via: str | None = None
 ) -> Session:
-    return Session(secrets.token_urlsafe(24), subject, credential, via, fresh=True)
+    sid = secrets.token_urlsafe(18) if subject.kind != "anonymous" else None
+    return Session(secrets.token_urlsafe(24), subject, credential, via, sid, fresh=True)
 
 
 def is_directory(subject: Subject) -> bool:
@@ -72,10 +99,12 @@ def derive_secret(keys: KeyStore) -> bytes:
 
 
 class SessionCodec:
-    """Reads and writes the session cookie."""
+    """Reads and writes the session cookie of one service."""
 
-    def __init__(self, secret: bytes, *, secure: bool) -> None:
-        self._serializer = URLSafeTimedSerializer(secret, salt="ui-session")
+    def __init__(self, secret: bytes, *, secure: bool, service: str) -> None:
+        # The service is part of the signature: gateways of other services that share the key
+        # directory (or session_secret) refuse this one's cookies.
+        self._serializer = URLSafeTimedSerializer(secret, salt=f"ui-session\0{service}")
         self.secure = secure
 
     def dumps(self, session: Session) -> str:
@@ -87,21 +116,27 @@ class SessionCodec:
                 f=session.credential,
                 v=session.via,
                 d=is_directory(session.subject),
+                i=session.sid,
             )
         return self._serializer.dumps(data)
 
     def loads(self, cookie: str | None) -> Session | None:
-        """The session in a cookie, or None when it is missing, forged or expired."""
+        """The session in a cookie, or None when it is missing, forged, expired or for another
+        service (or a signed-in one without a session id)."""
         if not cookie:
             return None
         try:
-            data = self._serializer.loads(cookie, max_age=LIFETIME)
+            data, signed = self._serializer.loads(cookie, max_age=LIFETIME, return_timestamp=True)
         except BadSignature:
             return None
         if not isinstance(data, dict) or not isinstance(data.get("c"), str):
             return None
+        issued = signed.timestamp() if isinstance(signed, dt.datetime) else None
         if "s" not in data:
-            return Session(data["c"])
+            return Session(data["c"], issued=issued)
+        sid = data.get("i")
+        if not isinstance(sid, str) or not sid:
+            return None
         try:
             subject = Subject.parse(str(data["s"]))
         except ValueError:
@@ -110,7 +145,7 @@ class SessionCodec:
         credential = data.get("f") if isinstance(data.get("f"), str) else None
         via = data.get("v") if isinstance(data.get("v"), str) else None
         subject = _with(subject, groups, bool(data.get("d")))
-        return Session(data["c"], subject, credential, via)
+        return Session(data["c"], subject, credential, via, sid, issued)
 
     def set_cookie(self, response: Response, session: Session) -> None:
         """Put the session on the answer as its cookie."""
@@ -169,3 +204,109 @@ def csrf_matches(session: Session | None, submitted: object) -> bool:
     if session is None or not isinstance(submitted, str) or not submitted:
         return False
     return hmac.compare_digest(session.csrf.encode(), submitted.encode())
+
+
+# -- signed out: revoked session ids ----------------------------------------------------------
+
+
+class Revocations(Protocol):
+    """Session ids signed out before their cookie expires."""
+
+    async def revoke(self, sid: str, ttl: float) -> None: ...
+
+    async def revoked(self, sid: str) -> bool: ...
+
+
+class MemoryRevocations:
+    """Revoked ids in this process only: other workers and replicas do not see them."""
+
+    def __init__(self, size: int = MAX_REVOKED) -> None:
+        self.size = size
+        self._until: OrderedDict[str, float] = OrderedDict()  # sid -> when it may be forgotten
+
+    async def revoke(self, sid: str, ttl: float) -> None:
+        self.add(sid, ttl)
+
+    def add(self, sid: str, ttl: float) -> None:
+        now = time.time()
+        until = self._until
+        until[sid] = now + ttl + CLOCK_SLACK
+        until.move_to_end(sid)
+        if len(until) > self.size:
+            for key in [k for k, expiry in until.items() if expiry <= now]:
+                del until[key]
+            while len(until) > self.size:
+                until.popitem(last=False)
+
+    async def revoked(self, sid: str) -> bool:
+        return self.known(sid)
+
+    def known(self, sid: str) -> bool:
+        expiry = self._until.get(sid)
+        return expiry is not None and expiry > time.time()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+
+class RedisRevocations:
+    """Revoked ids in Redis, seen by every replica, each key expiring with its cookie.
+
+    If Redis cannot be reached, a sign-out is still recorded in this process and a check
+    falls back to this process's record (the error is logged): an outage of Redis must not
+    sign everyone out, so meanwhile other replicas may accept a cookie signed out here.
+    """
+
+    LOG_EVERY = 60.0  # seconds between two "Redis unreachable" lines
+
+    def __init__(self, client: aioredis.Redis[bytes], prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.local = MemoryRevocations()
+        self._logged = -math.inf
+
+    async def revoke(self, sid: str, ttl: float) -> None:
+        self.local.add(sid, ttl)
+        try:
+            await self.client.set(self.prefix + sid, b"1", ex=max(1, math.ceil(ttl + CLOCK_SLACK)))
+        except (RedisError, OSError) as exc:
+            self._unreachable(exc, "recorded in this process only")
+
+    async def revoked(self, sid: str) -> bool:
+        if self.local.known(sid):
+            return True
+        try:
+            return bool(await self.client.exists(self.prefix + sid))
+        except (RedisError, OSError) as exc:
+            self._unreachable(exc, "checking this process's sign-outs only")
+            return False
+
+    def _unreachable(self, exc: RedisError | OSError, what: str) -> None:
+        now = time.monotonic()
+        if now - self._logged >= self.LOG_EVERY:
+            self._logged = now
+            log.error(
+                "session store unreachable (%s); sign-outs %s",
+                type(exc).__name__,
+                what,
+                extra={"event": "session_store_down"},
+            )
+
+
+def revocations_for(settings: Settings) -> Revocations:
+    """Redis when `redis_url` is set (every replica), else this process's memory."""
+    if not settings.redis_url:
+        return MemoryRevocations()
+    import redis.asyncio as aioredis
+
+    try:
+        client = aioredis.from_url(
+            settings.redis_url.reveal(), socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+    except ValueError:  # its message may quote the URL, and so part of a password
+        log.error(
+            "setting redis_url is not a valid Redis URL; sign-outs are kept in this process only",
+            extra={"event": "session_store_down"},
+        )
+        return MemoryRevocations()
+    return RedisRevocations(client, f"registry-gateway:{settings.service}:signed-out:")

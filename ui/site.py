@@ -24,7 +24,15 @@ from gateway.auth.identity import ANONYMOUS, AuthenticationFailed, Identity
 from gateway.policy.engine import Engine
 from gateway.policy.model import REPOSITORY_ACTIONS, Subject
 from gateway.services import Services
-from ui.session import COOKIE, Session, SessionCodec, derive_secret, still_valid
+from ui.session import (
+    COOKIE,
+    Revocations,
+    Session,
+    SessionCodec,
+    derive_secret,
+    revocations_for,
+    still_valid,
+)
 from ui.templating import make_templates
 from ui.visibility import Summaries, VisibilityCache, VisibleCatalog
 
@@ -109,6 +117,7 @@ class Site:
         self.summaries = Summaries()
         self.access: OrderedDict[tuple[Any, str], dict[str, Any]] = OrderedDict()  # views.policy
         self._codec: SessionCodec | None = None
+        self._revocations: Revocations | None = None
 
     # -- sessions and viewers ------------------------------------------------------------
 
@@ -119,8 +128,15 @@ class Site:
             secret = self.settings.session_secret
             key = secret.reveal().encode() if secret else derive_secret(self.services.keys)
             secure = self.settings.public_url.startswith("https://")
-            self._codec = SessionCodec(key, secure=secure)
+            self._codec = SessionCodec(key, secure=secure, service=self.settings.service)
         return self._codec
+
+    @property
+    def revocations(self) -> Revocations:
+        """The signed-out session ids: in Redis with `redis_url`, else in this process."""
+        if self._revocations is None:
+            self._revocations = revocations_for(self.settings)
+        return self._revocations
 
     async def viewer(self, request: Request, engine: Engine, json: bool) -> Viewer:
         """The viewer of a request; AuthenticationFailed for bad Basic credentials."""
@@ -132,10 +148,12 @@ class Site:
         request.state.ui_session = session
         if session is None:
             return Viewer(Subject("anonymous"), engine, "anonymous")
-        if session.signed_in and not still_valid(
-            engine, session.subject, session.credential, session.via
+        if session.signed_in and (
+            not still_valid(engine, session.subject, session.credential, session.via)
+            or (session.sid is not None and await self.revocations.revoked(session.sid))
         ):
-            # Removed from the policy, or the password changed: signed out from now on.
+            # Removed from the policy, the password changed, or signed out (on any replica,
+            # with Redis): signed out from now on.
             request.state.ui_session_cleared = True
             request.state.ui_session = None
             return Viewer(Subject("anonymous"), engine, "anonymous")

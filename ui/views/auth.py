@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from gateway.auth.identity import AuthenticationFailed
-from ui.session import csrf_matches, new_session
+from ui.session import Session, csrf_matches, new_session
 from ui.site import Site, Viewer, local_path, retry_after
 
 MAX_FIELD = 1024
@@ -64,10 +64,17 @@ async def login(site: Site, request: Request, viewer: Viewer) -> Response:
 
 
 async def logout(site: Site, request: Request, viewer: Viewer) -> Response:
-    """POST only: end the session (the form carries the CSRF token)."""
+    """POST only: end the session (the form carries the CSRF token). Its id is revoked, so a
+    copy of the cookie kept from before is refused too (on every replica, with Redis)."""
     form = await request.form(max_files=0, max_fields=4)
-    if not csrf_matches(getattr(request.state, "ui_session", None), form.get("csrf")):
+    session: Session | None = getattr(request.state, "ui_session", None)
+    if not csrf_matches(session, form.get("csrf")):
         return site.error(request, viewer, 403, "csrf", CSRF_REFUSED)
+    if session is not None and session.signed_in and session.sid is not None:
+        await site.revocations.revoke(session.sid, session.remaining())
+        site.services.audit.write(
+            {"event": "ui_logout", "status": 200, "subject": str(session.subject)}
+        )
     request.state.ui_session = None
     request.state.ui_session_cleared = True
     return RedirectResponse(site.path(request, "ui_home"), status_code=303)
