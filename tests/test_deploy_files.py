@@ -131,6 +131,21 @@ def test_nginx_conf_balances_every_replica_and_retries(compose: dict[str, Any]) 
         assert path.startswith("/etc/nginx/certs/"), path
 
 
+def test_nginx_conf_lets_only_loopback_read_metrics() -> None:
+    """/metrics is for scrapers inside (docs/deploy.md, "Metrics"), not for the world."""
+    text = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    block = re.search(r"location = /metrics \{(.*?)\}", text, re.S)
+    assert block, "nginx.conf has no location = /metrics"
+    rules = [
+        line.split("#")[0].strip()
+        for line in block.group(1).splitlines()
+        if line.split("#")[0].strip()
+    ]
+    assert [r for r in rules if r.startswith("allow ")] == ["allow 127.0.0.1;", "allow ::1;"]
+    assert rules.index("deny all;") > max(i for i, r in enumerate(rules) if r.startswith("allow "))
+    assert "proxy_pass http://gateway;" in rules
+
+
 # -- Kubernetes -----------------------------------------------------------------------------
 
 
@@ -222,3 +237,38 @@ def test_service_ingress_and_disruption_budget_select_the_deployment(
     assert rule["host"] in ingress["spec"]["tls"][0]["hosts"]
     public_url = manifests["ConfigMap"]["data"]["REGISTRY_GATEWAY_PUBLIC_URL"]
     assert public_url == f"https://{rule['host']}"
+
+
+def _ingress_routes(paths: list[dict[str, Any]], url: str) -> bool:
+    """Whether one of an Ingress rule's paths takes `url`, as Kubernetes defines Exact and
+    Prefix (element by element, a trailing slash ignored)."""
+    parts = [p for p in url.split("/") if p]
+    for path in paths:
+        wanted = [p for p in path["path"].split("/") if p]
+        if path["pathType"] == "Exact" and path["path"] == url:
+            return True
+        if path["pathType"] == "Prefix" and parts[: len(wanted)] == wanted:
+            return True
+    return False
+
+
+def test_the_ingress_routes_the_public_paths_and_not_metrics(
+    manifests: dict[str, dict[str, Any]],
+) -> None:
+    (rule,) = manifests["Ingress"]["spec"]["rules"]
+    paths = rule["http"]["paths"]
+    backends = {str(path["backend"]) for path in paths}
+    assert len(backends) == 1  # every path to the one Service
+    public = ["/", "/auth/token", "/.well-known/jwks.json", "/n/platform", "/n/_",
+              "/r/platform/api", "/r/platform/prod/api:v1", "/search", "/-/login", "/-/logout",
+              "/-/teams", "/-/access/r/platform/api", "/-/static/style.css", "/-/reload"]  # fmt: skip
+    assert [url for url in public if not _ingress_routes(paths, url)] == []
+    internal = ["/metrics", "/metrics/", "/healthz", "/readyz", "/v2/"]
+    assert [url for url in internal if _ingress_routes(paths, url)] == []
+    # Scraped from the pods through the Service instead.
+    annotations = manifests["Service"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    container = manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert {p["containerPort"] for p in container["ports"]} == {
+        int(annotations["prometheus.io/port"])
+    }

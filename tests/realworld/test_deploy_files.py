@@ -8,10 +8,13 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -28,7 +31,7 @@ from tests.support.deploy import (
     registry_config_file,
     replica_env,
 )
-from tests.support.nginx import nginx_binary
+from tests.support.nginx import Nginx, nginx_binary
 from tests.support.registry import free_port
 
 
@@ -215,6 +218,78 @@ def test_nginx_conf_syntax(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "syntax is ok" in proc.stderr
+
+
+def test_nginx_lets_only_loopback_read_metrics(tmp_path: Path) -> None:
+    """The committed nginx.conf, run by Debian's nginx in front of a stand-in replica: a caller
+    from another address (127.0.0.2, as a client elsewhere would be) gets 403 for /metrics,
+    however it spells the path, and reaches everything else; 127.0.0.1 may read /metrics."""
+    seen: list[str] = []
+
+    class Replica(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        do_POST = do_GET
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    replica = ThreadingHTTPServer(("127.0.0.1", 0), Replica)
+    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    write_self_signed(tmp_path / "certs")
+    (tmp_path / "temp").mkdir()
+    port = free_port()
+    temp = "".join(
+        f"    {name}_temp_path {tmp_path}/temp/{name};\n" for name in ("client_body", "proxy")
+    )
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    text = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    adapted = (
+        "daemon off;\n"
+        + user
+        + text.replace(" resolve ", " ")
+        .replace("http2 on;", "")
+        .replace("resolver 127.0.0.11 valid=10s ipv6=off;", temp)
+        .replace("/etc/nginx/certs", str(tmp_path / "certs"))
+        .replace("pid /tmp/nginx.pid;", f"pid {tmp_path}/nginx.pid;")
+        .replace("error_log /dev/stderr warn;", f"error_log {tmp_path}/error.log warn;")
+        .replace("access_log /dev/stdout gateway;", f"access_log {tmp_path}/access.log gateway;")
+        .replace("listen 8443 ssl;", f"listen 127.0.0.1:{port} ssl;")
+        .replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{free_port()};")
+    )
+    for name in REPLICAS:
+        adapted = adapted.replace(f"server {name}:5001", f"server 127.0.0.1:{replica.server_port}")
+    nginx = Nginx(tmp_path, port)
+    nginx.config_path.write_text(adapted)
+    nginx.start()
+    outside = httpx.Client(
+        base_url=f"https://127.0.0.1:{port}",
+        transport=httpx.HTTPTransport(local_address="127.0.0.2", verify=False),
+        timeout=10,
+    )
+    inside = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=False, timeout=10)
+    try:
+        for target in (b"/metrics", b"//metrics", b"/%6detrics", b"/x/../metrics", b"/metrics?x"):
+            # the request target exactly as written (httpx would normalise some of them)
+            answer = outside.get("/", extensions={"target": target})
+            assert answer.status_code == 403, (target, seen)
+        assert seen == []
+        assert outside.get("/healthz").status_code == 200
+        assert outside.post("/-/reload").status_code == 200  # the gateway asks for its secret
+        assert outside.post("/-/notifications").status_code == 404
+        assert inside.get("/metrics").status_code == 200
+        assert seen == ["/healthz", "/-/reload", "/metrics"]
+    finally:
+        outside.close()
+        inside.close()
+        nginx.stop()
+        replica.shutdown()
+        replica.server_close()
 
 
 # -- Kubernetes -----------------------------------------------------------------------------
