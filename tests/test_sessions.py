@@ -119,6 +119,9 @@ def test_memory_revocations_expire_and_stay_bounded() -> None:
     for sid in "bcde":
         revoked.add(sid, 60)
     assert len(revoked) == 3 and not revoked.known("a") and revoked.known("e")
+    alone = MemoryRevocations()
+    alone.add("gone", -1e6)  # expired at once, and the only one: forgotten, nothing breaks
+    assert len(alone) == 0 and not alone.known("gone")
 
 
 class _DownRedis:

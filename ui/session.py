@@ -232,11 +232,9 @@ class MemoryRevocations:
         until = self._until
         until[sid] = now + ttl + CLOCK_SLACK
         until.move_to_end(sid)
-        if len(until) > self.size:
-            for key in [k for k, expiry in until.items() if expiry <= now]:
-                del until[key]
-            while len(until) > self.size:
-                until.popitem(last=False)
+        # The oldest first: beyond the size, or expired (O(1) a call: no scan of the rest).
+        while until and (len(until) > self.size or next(iter(until.values())) <= now):
+            until.popitem(last=False)
 
     async def revoked(self, sid: str) -> bool:
         return self.known(sid)
