@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 from gateway import background, collector
 from gateway.auth.endpoint import TokenEndpoint
 from gateway.config import Settings, load_settings
+from gateway.limits import Limits, RequestLimits
 from gateway.middleware import RequestLog
 from gateway.responses import registry_error
 from gateway.services import Services
@@ -78,7 +79,10 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLog, access_log=settings.access_log)],
+        middleware=[
+            Middleware(RequestLog, access_log=settings.access_log),
+            Middleware(Limits, limits=RequestLimits.from_settings(settings)),
+        ],
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

@@ -25,11 +25,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.app import build_services, create_app
     from gateway.auth.keys import KeyStoreError
+    from gateway.limits import RequestLimits
     from gateway.logs import configure
+    from gateway.protocol import LimitedHttpToolsProtocol, ServerConfig
     from gateway.server import serve, serve_workers
     from gateway.services import PolicyUnavailable
 
@@ -64,11 +64,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    limits = RequestLimits.from_settings(settings)
     options = {
         "host": settings.host,
         "port": settings.port,
         "loop": settings.event_loop,
-        "http": "httptools",
+        # httptools, with the limits an app cannot enforce (gateway/protocol.py)
+        "http": LimitedHttpToolsProtocol,
+        "limits": limits,
         "log_config": log_config,
         "access_log": False,
         "server_header": False,
@@ -79,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.workers == 1:
         app = create_app(services=services)
         serve(
-            uvicorn.Config(app, **options),  # type: ignore[arg-type]
+            ServerConfig(app, **options),  # type: ignore[arg-type]
             drain=settings.drain_seconds,
             on_drain=services.draining.set,
         )
@@ -96,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    config = uvicorn.Config(
+    config = ServerConfig(
         "gateway.app:create_app",
         factory=True,
         workers=settings.workers,

@@ -348,6 +348,34 @@ FIELDS: tuple[Field, ...] = (
     Field("ldap_group_attribute", "memberOf", str, "user attribute listing group DNs"),
     Field("ldap_connect_timeout", 3.0, _duration, "LDAP connect timeout"),
     Field("ldap_timeout", 5.0, _duration, "LDAP answer timeout"),
+    # -- request limits (docs/configuration.md, "Limits") ----------------------------------
+    Field(
+        "max_body_bytes",
+        1048576,
+        _int(1024, 1 << 30),
+        "largest request body, chunked or not (more: 413); the token form takes 16 KiB",
+    ),
+    Field(
+        "max_header_bytes",
+        32768,
+        _int(1024, 1 << 24),
+        "largest request head, the request line and the headers (more: 431; a URL: 414)",
+    ),
+    Field("max_headers", 100, _int(8, 10000), "most header fields in a request (more: 431)"),
+    Field("max_query_bytes", 16384, _int(256, 1 << 24), "longest query string (more: 414)"),
+    Field(
+        "header_timeout",
+        10.0,
+        _duration,
+        "a request's line and headers must arrive within this long, or the connection is "
+        "dropped (0: no limit)",
+    ),
+    Field(
+        "max_connections",
+        1000,
+        _int(1, 1_000_000),
+        "most open connections (and requests in progress) per worker; more get 503",
+    ),
 )
 _BY_NAME = {f.name: f for f in FIELDS}
 
@@ -408,6 +436,12 @@ class Settings:
     ldap_group_attribute: str
     ldap_connect_timeout: float
     ldap_timeout: float
+    max_body_bytes: int
+    max_header_bytes: int
+    max_headers: int
+    max_query_bytes: int
+    header_timeout: float
+    max_connections: int
 
     @property
     def realm(self) -> str:

@@ -1,4 +1,5 @@
-"""Answers in the registry's JSON format, for Starlette routes and raw ASGI endpoints alike.
+"""Answers in the registry's JSON format, for Starlette routes and raw ASGI endpoints alike,
+and the one way to read a request body (with a limit).
 
 The registry's clients read errors as `{"errors": [{"code", "message", "detail"}]}` (the
 distribution spec's error format), on the token endpoint as on the registry itself.
@@ -11,7 +12,7 @@ import json
 from typing import Any
 
 from starlette.responses import JSONResponse
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Send
 
 JSON_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-type", b"application/json"),
@@ -66,3 +67,30 @@ async def send_internal_error(send: Send, request_id: str) -> None:
 async def disconnected() -> Message:
     """An ASGI `receive` for answers that never read the request body."""
     return {"type": "http.disconnect"}
+
+
+class BodyTooLarge(Exception):
+    """A request body longer than its route (or the gateway's `max_body_bytes`) takes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The request body, chunked or not; BodyTooLarge as soon as it passes `limit` bytes
+    (what was read is dropped, the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            break
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)

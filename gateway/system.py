@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway import background, metrics
-from gateway.catalog.index import utc_seconds
+from gateway.catalog.index import EnvelopeError, Event, read_envelope
 from gateway.config import Secret
 from gateway.health import health
-from gateway.responses import registry_error
+from gateway.responses import BodyTooLarge, read_body, registry_error
 from gateway.services import Services
+
+log = logging.getLogger("registry_gateway.catalog")
 
 
 def bearer_matches(request: Request, secret: Secret | None) -> bool:
@@ -64,6 +67,10 @@ class SystemViews:
                 if secret
                 else "reloading by request is off: set reload_secret to enable it",
             )
+        try:  # nothing in it is read, but a webhook may send one: within the limit
+            await read_body(request.receive, services.settings.max_body_bytes)
+        except BodyTooLarge as exc:
+            return registry_error(413, "REQUEST_TOO_LARGE", str(exc))
         reloaded = await background.sync(services)
         status = services.source.status()
         return JSONResponse(
@@ -76,7 +83,12 @@ class SystemViews:
         )
 
     async def notifications(self, request: Request) -> Response:
-        """POST /-/notifications: the registry's events; changed repositories are re-read now."""
+        """POST /-/notifications: the registry's events; changed repositories are re-read now.
+
+        A body that is not an envelope (`{"events": [...]}` in JSON) is a 400; in one that
+        is, each event that is not well-formed is ignored (a registry retries a refused
+        envelope: one bad event must not hold up the others). docs/registry.md has the rules.
+        """
         if not bearer_matches(request, self.services.settings.notification_secret):
             return registry_error(
                 401,
@@ -84,25 +96,28 @@ class SystemViews:
                 "notifications need Authorization: Bearer <notification_secret>",
             )
         try:
-            envelope = await request.json()
-            events = [e for e in envelope.get("events") or [] if isinstance(e, dict)]
-        except (ValueError, AttributeError):
-            return registry_error(
-                400, "INVALID_REQUEST", "expected a registry notification envelope"
+            body = await read_body(request.receive, self.services.settings.max_body_bytes)
+            raw = read_envelope(body)
+        except BodyTooLarge as exc:
+            return registry_error(413, "REQUEST_TOO_LARGE", str(exc))
+        except EnvelopeError as exc:
+            return registry_error(400, "INVALID_REQUEST", str(exc))
+        events = [event for event in map(Event.read, raw) if event is not None]
+        ignored = len(raw) - len(events)
+        if ignored:
+            log.warning(
+                "notifications: %d of %d events are not well-formed registry events; ignored",
+                ignored,
+                len(raw),
+                extra={"event": "notification_ignored"},
             )
         catalog = self.services.catalog
         if catalog is not None:
             for name in catalog.apply_events(events):
-                stamps = [
-                    str(e.get("timestamp", ""))
-                    for e in events
-                    if (e.get("target") or {}).get("repository") == name
-                ]
-                pushed = utc_seconds(max(stamps, default=None))
-                task = asyncio.create_task(background.update_repository(catalog, name, pushed))
+                task = asyncio.create_task(background.update_repository(catalog, name, None))
                 self._updates.add(task)
                 task.add_done_callback(self._updates.discard)
-        return JSONResponse({"accepted": len(events)})
+        return JSONResponse({"accepted": len(events), "ignored": ignored})
 
 
 def system_routes(services: Services) -> list[BaseRoute]:

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
         "gateway.audit",
         "gateway.metrics",
         "gateway.responses",
+        "gateway.limits",
         "gateway.boundedcache",
         "gateway.collector",
     ),
@@ -29,7 +30,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("gateway.health", "gateway.background", "gateway.system", "gateway.middleware"),
     ("ui",),
     ("gateway.app",),
-    ("gateway.server", "gateway.commands", "gateway.cli", "gateway.__main__"),
+    (
+        "gateway.protocol",
+        "gateway.server",
+        "gateway.commands",
+        "gateway.cli",
+        "gateway.__main__",
+    ),
 ]
 
 

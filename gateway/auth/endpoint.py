@@ -20,7 +20,7 @@ from gateway.auth.request import (
     from_query,
 )
 from gateway.auth.service import TokenService
-from gateway.responses import error_body, send_json
+from gateway.responses import BodyTooLarge, error_body, read_body, send_json
 
 FORM_TYPE = b"application/x-www-form-urlencoded"
 
@@ -86,6 +86,9 @@ class TokenEndpoint:
                     "POST /auth/token takes an application/x-www-form-urlencoded form",
                 )
             body = await read_body(receive, MAX_FORM)
+        except BodyTooLarge:
+            problem = _too_large()
+            return TokenRequest("POST", request_id, host, user_agent, started, problem=problem)
         except BadRequest as exc:
             return TokenRequest("POST", request_id, host, user_agent, started, problem=exc)
         return from_form(
@@ -94,22 +97,4 @@ class TokenEndpoint:
 
 
 def _too_large() -> BadRequest:
-    return BadRequest("REQUEST_TOO_LARGE", f"the form is larger than {MAX_FORM} bytes")
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The request body, chunked or not; BadRequest as soon as it passes `limit` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # the client went away
-            break
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise _too_large()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+    return BadRequest("REQUEST_TOO_LARGE", f"the form is larger than {MAX_FORM} bytes", 413)

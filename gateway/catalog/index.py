@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import sys
 import time
@@ -15,8 +16,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.catalog.registry import INDEX_TYPES, RegistryClient, RegistryError
-from gateway.policy.patterns import namespace_of
+from gateway.catalog.registry import (
+    INDEX_TYPES,
+    RegistryClient,
+    RegistryError,
+    is_digest,
+    is_tag,
+)
+from gateway.policy.patterns import is_repository_name, namespace_of
 
 log = logging.getLogger("registry_gateway.catalog")
 
@@ -155,6 +162,7 @@ class CatalogIndex:
         self.built = False
         # Tags that notifications said were pushed, by repository: tag -> manifest digest.
         self._pushed: dict[str, dict[str, str]] = {}
+        self._push_times: dict[str, str] = {}  # the newest push notified, by repository
 
     def status(self) -> IndexStatus:
         tags = sum(len(r.tags) for r in self.repositories.values())
@@ -233,6 +241,7 @@ class CatalogIndex:
         may not show it yet: tags the events named are read by their digest instead.
         """
         expected = self._pushed.pop(name, {})
+        pushed_at = pushed_at or self._push_times.pop(name, None)
         try:
             repo = await self._load_repository(name)
             for tag, digest in expected.items():
@@ -297,7 +306,9 @@ class CatalogIndex:
         return manifest
 
     async def _load_child(self, repository: str, entry: dict[str, Any]) -> Platform | None:
-        digest = entry.get("digest", "")
+        digest = entry.get("digest") if isinstance(entry, dict) else None
+        if not is_digest(digest):
+            return None
         async with self._semaphore:
             found = await self.client.manifest(repository, digest)
         if found is None:
@@ -337,9 +348,9 @@ class CatalogIndex:
         """One tuple for equal layer lists: images built from one base share them."""
         return self._layer_lists.setdefault(layers, layers)
 
-    async def _config(self, repository: str, digest: str) -> _ImageConfig:
+    async def _config(self, repository: str, digest: Any) -> _ImageConfig:
         """What the index keeps of an image config (not the config itself), read once."""
-        if not digest:
+        if not is_digest(digest):
             return _NO_CONFIG
         found = self._configs.get(digest)
         if found is None:
@@ -350,26 +361,79 @@ class CatalogIndex:
 
     # -- notifications -----------------------------------------------------------------
 
-    def apply_events(self, events: Iterable[dict[str, Any]]) -> set[str]:
-        """Repositories that registry events say changed (pushes of manifests, deletes)."""
+    def apply_events(self, events: Iterable[Any]) -> set[str]:
+        """Repositories that registry events say changed (pushes of manifests, deletes).
+
+        Events are taken as the registry sends them (or as `Event`s already read); one that
+        is not a well-formed event is ignored (see `Event.read`).
+        """
         changed = set()
-        for event in events:
-            action = event.get("action")
-            target = event.get("target") or {}
-            name = target.get("repository")
-            if not name or action not in ("push", "delete"):
+        for raw in events:
+            event = raw if isinstance(raw, Event) else Event.read(raw)
+            if event is None or event.action not in ("push", "delete"):
                 continue
-            if (
-                action == "push"
-                and "manifest" not in str(target.get("mediaType", ""))
-                and not target.get("tag")
-            ):
+            name, tag = event.repository, event.tag
+            if event.action == "push" and "manifest" not in event.media_type and not tag:
                 continue  # a blob upload: the manifest push that follows is what matters
-            tag, digest = target.get("tag"), target.get("digest")
-            if action == "push" and isinstance(tag, str) and isinstance(digest, str) and tag:
-                self._pushed.setdefault(name, {})[tag] = digest
+            if event.action == "push":
+                if tag and event.digest:
+                    self._pushed.setdefault(name, {})[tag] = event.digest
+                if event.timestamp and event.timestamp > self._push_times.get(name, ""):
+                    self._push_times[name] = event.timestamp
             changed.add(name)
         return changed
+
+
+class EnvelopeError(ValueError):
+    """A notification body that is not a registry notification envelope."""
+
+
+def read_envelope(body: bytes) -> list[Any]:
+    """The events of a notification envelope (`{"events": [...]}` in JSON), as sent; each is
+    read by `Event.read`. EnvelopeError when the body is not an envelope at all."""
+    try:
+        envelope = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8 or JSON, a huge number, deep nesting
+        raise EnvelopeError("the body is not JSON") from None
+    events = envelope.get("events") if isinstance(envelope, dict) else None
+    if not isinstance(events, list):
+        raise EnvelopeError('expected a registry notification envelope: {"events": [...]}')
+    return events
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One registry event, as far as the catalog reads it."""
+
+    action: str  # push | pull | delete | mount | ...
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+    media_type: str = ""
+    timestamp: str | None = None  # RFC 3339 in UTC, to the second
+
+    @classmethod
+    def read(cls, raw: Any) -> Event | None:
+        """The event `raw` (a decoded JSON value) describes, or None when it is not a
+        well-formed event: not an object, no action, a repository name outside the
+        distribution grammar, or a tag, digest or media type of the wrong type or form
+        (no URL is ever built from those)."""
+        if not isinstance(raw, dict):
+            return None
+        action, target = raw.get("action"), raw.get("target")
+        if not isinstance(action, str) or not isinstance(target, dict):
+            return None
+        name, tag, digest = target.get("repository"), target.get("tag"), target.get("digest")
+        media_type = target.get("mediaType", "")
+        if (
+            not isinstance(name, str)
+            or not is_repository_name(name)
+            or not (tag is None or is_tag(tag))
+            or not (digest is None or is_digest(digest))
+            or not isinstance(media_type, str)
+        ):
+            return None
+        return cls(action, name, tag, digest, media_type, utc_seconds(raw.get("timestamp")))
 
 
 def utc_seconds(value: Any) -> str | None:
@@ -379,8 +443,8 @@ def utc_seconds(value: Any) -> str | None:
         return None
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=dt.UTC)
+        return parsed.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError):  # not a time; a year-1 time east of UTC
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

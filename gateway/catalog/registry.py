@@ -1,15 +1,21 @@
-"""A client for the registry's API (distribution v2), with tokens the gateway mints for itself."""
+"""A client for the registry's API (distribution v2), with tokens the gateway mints for itself.
+
+Every URL is built from names checked against distribution's grammar (repository names, tags,
+digests): a name from a notification or a registry answer can never reach another path.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
 from gateway.auth.tokens import TokenIssuer
+from gateway.policy.patterns import is_repository_name
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -18,10 +24,34 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST))
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 CATALOG_SUBJECT = "registry-gateway-catalog"
+# Distribution's reference grammar: a tag, and a digest (`algorithm:encoded`).
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,256}")
 
 
 class RegistryError(RuntimeError):
     """The registry did not answer as expected; the message says what was asked."""
+
+
+def is_tag(text: object) -> TypeGuard[str]:
+    return isinstance(text, str) and TAG.fullmatch(text) is not None
+
+
+def is_digest(text: object) -> TypeGuard[str]:
+    return isinstance(text, str) and DIGEST.fullmatch(text) is not None
+
+
+def _repository(name: str) -> str:
+    """`name`, once it is known to be a repository name; RegistryError otherwise."""
+    if not is_repository_name(name):
+        raise RegistryError(f"refused: {name[:300]!r} is not a repository name")
+    return name
+
+
+def _reference(reference: str) -> str:
+    if not (is_tag(reference) or is_digest(reference)):
+        raise RegistryError(f"refused: {reference[:300]!r} is not a tag or a digest")
+    return reference
 
 
 class RegistryClient:
@@ -64,7 +94,13 @@ class RegistryClient:
             response = await self._get(path, headers, params)
             if response.status_code == 404:
                 return
-            for item in response.json().get(key) or []:
+            try:
+                items = response.json().get(key) or []
+            except (ValueError, AttributeError):  # not JSON, or not an object
+                raise RegistryError(f"GET {path}: not the expected JSON object") from None
+            if not isinstance(items, list):
+                raise RegistryError(f"GET {path}: {key} is not a list")
+            for item in items:
                 yield item
             link = response.headers.get("link")
             if not link:
@@ -78,31 +114,40 @@ class RegistryClient:
     async def repositories(self) -> list[str]:
         """Every repository, following `_catalog` pagination."""
         headers = self._auth({"type": "registry", "name": "catalog", "actions": ["*"]})
-        return [name async for name in self._paged("/v2/_catalog", "repositories", headers)]
+        names = self._paged("/v2/_catalog", "repositories", headers)
+        return [name async for name in names if isinstance(name, str) and is_repository_name(name)]
 
     async def tags(self, repository: str) -> list[str]:
+        """The repository's tags (only those in the tag grammar)."""
+        path = f"/v2/{_repository(repository)}/tags/list"
         headers = self._auth(self._pull(repository))
-        return [tag async for tag in self._paged(f"/v2/{repository}/tags/list", "tags", headers)]
+        return [tag async for tag in self._paged(path, "tags", headers) if is_tag(tag)]
 
     async def manifest(
         self, repository: str, reference: str
     ) -> tuple[str, str, dict[str, Any]] | None:
         """(digest, media type, manifest) of a tag or digest; None when it is gone."""
+        path = f"/v2/{_repository(repository)}/manifests/{_reference(reference)}"
         headers = {**self._auth(self._pull(repository)), "Accept": ACCEPT}
-        response = await self._get(f"/v2/{repository}/manifests/{reference}", headers)
+        response = await self._get(path, headers)
         if response.status_code == 404:
             return None
         try:
             body = response.json()
         except json.JSONDecodeError:
             raise RegistryError(f"manifest {repository}:{reference} is not JSON") from None
+        if not isinstance(body, dict):
+            raise RegistryError(f"manifest {repository}:{reference} is not a JSON object")
         media_type = body.get("mediaType") or response.headers.get("content-type", "").split(";")[0]
         digest = response.headers.get("docker-content-digest", "")
         return digest, media_type, body
 
     async def blob_json(self, repository: str, digest: str) -> dict[str, Any] | None:
+        if not is_digest(digest):
+            raise RegistryError(f"refused: {digest[:300]!r} is not a digest")
+        path = f"/v2/{_repository(repository)}/blobs/{digest}"
         headers = self._auth(self._pull(repository))
-        response = await self._get(f"/v2/{repository}/blobs/{digest}", headers)
+        response = await self._get(path, headers)
         if response.status_code == 404:
             return None
         try:
