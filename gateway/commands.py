@@ -48,7 +48,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log_config = configure(settings.log_level, settings.log_format)
     # Started here, before serving: a missing key or policy ends the command at once. One
     # worker serves these very services; several build their own from the environment.
-    services = build_services(settings)
+    try:
+        services = build_services(settings)
+    except ConfigError as exc:  # a setting only a backend can judge (redis_url)
+        print(f"registry-gateway serve: {exc}", file=sys.stderr)
+        return 2
     try:
         services.keys.ensure(settings.key_algorithm)
     except (KeyStoreError, OSError) as exc:

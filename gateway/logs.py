@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import re
 import sys
 from typing import Any
 
@@ -39,6 +40,42 @@ class JsonFormatter(logging.Formatter):
             fields["exception"] = record.exc_info[0].__name__
             fields["traceback"] = self.formatException(record.exc_info)
         return json_line(record.levelname.lower(), record.name, record.getMessage(), fields)
+
+
+# Control characters (C0, DEL, C1) and the Unicode line separators: what could end a line
+# of a text log or fake another one.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
+
+
+def one_line(text: str) -> str:
+    """`text` with CR, LF, tab and every other control character written as an escape."""
+    return _CONTROL.sub(_escaped, text) if _CONTROL.search(text) else text
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, one line per record whatever the message holds (a
+    request path with %0A is a client's text); a traceback follows on lines indented by
+    four spaces, each escaped the same way, so that nothing reads as a record of its own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"{self.formatTime(record)} {record.levelname} {one_line(record.name)}: "
+            f"{one_line(record.getMessage())}"
+        )
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for extra in (record.exc_text, record.stack_info):
+            if extra:
+                line += "".join(f"\n    {one_line(part)}" for part in extra.splitlines())
+        return line
 
 
 def _sole_json_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
@@ -99,7 +136,7 @@ def configure(level: str = "info", fmt: str = "json") -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {
             "json": {"()": JsonFormatter},
-            "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            "text": {"()": TextFormatter},
         },
         "handlers": {
             "stderr": {

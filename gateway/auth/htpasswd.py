@@ -19,6 +19,32 @@ log = logging.getLogger("registry_gateway")
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
+# What htpasswd and crypt(3) write, by prefix: named in warnings, never quoted.
+_SCHEMES = (
+    ("$2a$", "a malformed bcrypt hash"),
+    ("$2b$", "a malformed bcrypt hash"),
+    ("$2y$", "a malformed bcrypt hash"),
+    ("$apr1$", "MD5 ($apr1$)"),
+    ("{SHA}", "SHA-1 ({SHA})"),
+    ("$1$", "MD5-crypt ($1$)"),
+    ("$5$", "SHA-256-crypt ($5$)"),
+    ("$6$", "SHA-512-crypt ($6$)"),
+    ("$argon2", "argon2 (in the policy only)"),
+)
+_DES_CRYPT = re.compile(r"[./0-9A-Za-z]{13}")
+
+
+def scheme_of(stored: str) -> str:
+    """The name of the scheme of a stored password that is not bcrypt; not one character
+    of it (a line in plain text would give away its password)."""
+    for prefix, name in _SCHEMES:
+        if stored.startswith(prefix):
+            return name
+    if _DES_CRYPT.fullmatch(stored):
+        return "DES crypt"
+    return "an unknown scheme or plain text"
+
+
 @dataclass(frozen=True, slots=True)
 class HtpasswdEntries:
     """One reading of the file: user name -> bcrypt hash."""
@@ -40,10 +66,10 @@ def parse(text: str, source: str = "htpasswd") -> HtpasswdEntries:
         if not sep or not user:
             warnings.append(f"{source}:{number}: not a user:hash line; skipped")
         elif not _BCRYPT.fullmatch(stored):
-            scheme = stored.split("$")[1] if stored.startswith("$") else stored[:5]
+            # The line number and the scheme's name only: the line may hold a password.
             warnings.append(
-                f"{source}:{number}: user {user!r}: only bcrypt hashes are accepted "
-                f"(htpasswd -B), not {scheme!r}; skipped"
+                f"{source}:{number}: only bcrypt hashes are accepted (htpasswd -B), "
+                f"not {scheme_of(stored)}; skipped"
             )
         elif user in hashes:
             warnings.append(f"{source}:{number}: user {user!r} is repeated; the first entry counts")

@@ -42,7 +42,7 @@ from gateway.auth.ldap import LdapConfig, LdapDirectory, LdapRejected, LdapUnava
 from gateway.auth.lockout import MemoryFailureCounter, Refusal, Rules, Throttle
 from gateway.auth.tokens import RefreshClaims
 from gateway.auth.verifycache import VerificationCache
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.policy.engine import Engine
 from gateway.policy.model import ANONYMOUS_SUBJECT, REPOSITORY_ACTIONS, Subject
 
@@ -147,6 +147,12 @@ def default_throttle() -> Throttle:
     )
 
 
+REDIS_URL_INVALID = (
+    "setting redis_url is not a valid Redis URL: expected redis://[[USER]:PASSWORD@]HOST[:PORT]"
+    "[/DB] (or rediss://), with '/', '?' and '#' in the password percent-encoded ('/' as %2F)"
+)
+
+
 def throttle_for(settings: Settings) -> Throttle:
     def rules(failures: int) -> Rules:
         return Rules(
@@ -162,9 +168,12 @@ def throttle_for(settings: Settings) -> Throttle:
 
         from gateway.auth.redislockout import RedisFailureCounter
 
-        client = aioredis.from_url(
-            settings.redis_url.reveal(), socket_timeout=0.5, socket_connect_timeout=0.5
-        )
+        try:
+            client = aioredis.from_url(
+                settings.redis_url.reveal(), socket_timeout=0.5, socket_connect_timeout=0.5
+            )
+        except ValueError:  # its message may quote the URL, and so part of the password
+            raise ConfigError(REDIS_URL_INVALID) from None
         prefix = f"registry-gateway:{settings.service}:"
         return Throttle(
             RedisFailureCounter(client, rules(settings.lockout_failures), prefix),
