@@ -32,5 +32,13 @@ typecheck: $(STAMP)
 check: $(STAMP)
 	$(BIN)/registry-gateway check policies
 
+# The fuzz targets of tests/fuzz/ with FUZZ_EXAMPLES generated inputs each (pytest runs them
+# with a few hundred); the statistics show how many ran and how long each target took.
+FUZZ_EXAMPLES ?= 100000
+.PHONY: fuzz
+fuzz: $(STAMP)
+	FUZZ_PROFILE=full FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -p no:cacheprovider \
+		--hypothesis-show-statistics tests/fuzz $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .data build *.egg-info
