@@ -186,7 +186,8 @@ def test_events_are_read_strictly() -> None:
     assert event == Event(
         "push", "library/base", "v1", DIGEST, OCI_MANIFEST, "2024-05-01T10:00:00Z"
     )
-    assert Event.read(push("library/base", timestamp="0001-01-01T00:00:00+01:00")) is not None
+    year_one = {**push("library/base"), "timestamp": "0001-01-01T00:00:00+01:00"}
+    assert Event.read(year_one) == Event("push", "library/base", media_type=OCI_MANIFEST)
     with pytest.raises(EnvelopeError):
         read_envelope(b'{"events": null}')
 
@@ -198,14 +199,27 @@ def test_apply_events_takes_anything() -> None:
     assert index.apply_events([push("library/base", tag="v1", digest=DIGEST)]) == {"library/base"}
 
 
-def test_a_push_time_reaches_the_repository() -> None:
-    index = CatalogIndex(Recorder())  # type: ignore[arg-type]
-    index.apply_events(
-        [push("library/base", timestamp="2024-05-01T10:00:00Z", tag="v1", digest=DIGEST)]
-    )
+class OneImage(Recorder):
+    """A registry whose every repository has tag v1."""
+
+    async def tags(self, repository: str) -> list[str]:
+        return ["v1"]
+
+    async def manifest(self, repository: str, reference: str) -> Any:
+        return DIGEST, OCI_MANIFEST, {"config": {}, "layers": []}
+
+
+def test_the_newest_push_time_reaches_the_repository() -> None:
+    index = CatalogIndex(OneImage())  # type: ignore[arg-type]
+    events = [
+        {**push("library/base", tag="v1", digest=DIGEST), "timestamp": stamp}
+        for stamp in ("2024-05-01T10:00:00Z", "2024-05-02T10:00:00+02:00", "not a time")
+    ]
+    assert index.apply_events([*events, {"action": "pull", "target": events[0]["target"]}]) == {
+        "library/base"
+    }
     asyncio.run(index.update_repository("library/base"))
-    assert "library/base" not in index.repositories  # no tags: nothing to show
-    assert index._push_times == {}  # taken by the update
+    assert index.repositories["library/base"].last_push == "2024-05-02T08:00:00Z"
 
 
 # -- the registry client -------------------------------------------------------------------
