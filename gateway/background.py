@@ -14,7 +14,7 @@ import watchfiles
 from gateway import metrics
 from gateway.catalog.index import CatalogIndex
 from gateway.policy.gitsource import GitSyncError
-from gateway.services import Services
+from gateway.services import Services, follow_remote
 
 log = logging.getLogger("registry_gateway")
 CATALOG_RETRY = 5.0  # seconds before reading a registry that failed again
@@ -37,17 +37,14 @@ def start(services: Services) -> list[asyncio.Task[None]]:
 
 
 async def sync(services: Services) -> bool:
-    """Fetch the remote (if any) and reload when anything changed; True if a reload ran."""
-    source, remote = services.source, services.remote
-    if remote is None:
-        return await asyncio.to_thread(source.reload)
+    """Fetch the remote (if any) and reload when the checkout holds a commit this process
+    has not tried yet; True if a reload ran."""
+    if services.remote is None:
+        return await asyncio.to_thread(services.source.reload)
     try:
-        result = await asyncio.to_thread(remote.sync)
+        return await asyncio.to_thread(follow_remote, services)
     except GitSyncError:
         return False  # logged by the remote; the last good revision stays in force
-    if result.changed or source.engine is None or source.status().last_error:
-        return await asyncio.to_thread(source.reload)
-    return False
 
 
 async def poll_remote(services: Services) -> None:

@@ -13,12 +13,16 @@ def health(services: Services) -> dict[str, Any]:
     source, remote = services.source, services.remote
     status = source.status()
     source_error = remote.last_error if remote else None
+    # The newest revision the source offers: for a git remote, the commit last fetched.
+    newest = remote.head[:12] if remote is not None and remote.head else status.revision
     state = status.state
-    if state == "ok" and source_error:
+    behind = status.revision is not None and newest != status.revision
+    if state == "ok" and (source_error or behind):
         state = "degraded"
     return {
         "status": "draining" if services.draining.is_set() else state,
         "revision": status.revision,
+        "newest": newest,
         "loaded_at": source.loaded_at_iso(),
         "error": status.last_error,
         "source": remote.describe()

@@ -68,12 +68,14 @@ class Services:
             self.catalog = CatalogIndex(RegistryClient(settings.registry_url, self.issuer))
         # Set when the server stops taking new work (SIGTERM, shutdown): /readyz answers 503.
         self.draining = threading.Event()
+        # The commit of the policy remote this process last tried to load, good or not.
+        self.tried_head: str | None = None
 
     def start(self) -> None:
         """Keys, the first policy and the htpasswd file; PolicyUnavailable without a policy."""
         self.keys.ensure(self.settings.key_algorithm)
         if self.source.engine is None:
-            load_first_policy(self.remote, self.source)
+            load_first_policy(self)
         if self.authenticator.htpasswd is not None:
             self.authenticator.htpasswd.reload()
 
@@ -96,16 +98,39 @@ def policy_source(
     return remote, PolicySource(remote.directory / settings.policy_path, **options)
 
 
-def load_first_policy(remote: GitRemote | None, source: PolicySource) -> None:
+def follow_remote(services: Services) -> bool:
+    """Fetch the policy remote and load its head if this process has not tried that commit
+    yet (whoever checked it out: the workers of a host share one checkout, and the first to
+    fetch a new commit checks it out for all). True if a reload ran.
+
+    The checkout stays still meanwhile (`GitRemote.exclusive`), so no process reads a tree
+    that another is checking out. A commit that was rejected is not loaded again until the
+    branch moves. GitSyncError when the remote cannot be read."""
+    remote, source = services.remote, services.source
+    assert remote is not None
+    with remote.exclusive():
+        result = remote.sync_held()
+        if result.head == services.tried_head and source.engine is not None:
+            return False
+        services.tried_head = result.head
+        return source.reload()
+
+
+def load_first_policy(services: Services) -> None:
     """Fetch and load the first policy; PolicyUnavailable when there is none to serve."""
+    remote, source = services.remote, services.source
     if remote is not None:
         try:
-            remote.sync()
+            follow_remote(services)
         except GitSyncError as exc:
             if not (remote.directory / ".git").is_dir():
                 raise PolicyUnavailable(str(exc)) from None
             # A remote that is down at start: serve the last checkout we have, if it is valid.
-    if not source.reload():
+            with remote.exclusive():
+                source.reload()
+    else:
+        source.reload()
+    if source.engine is None:
         raise PolicyUnavailable(
             f"no valid policy in {source.directory}: {source.status().last_error}"
         )

@@ -9,10 +9,13 @@ through a command line or a URL that could be logged.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import logging
 import shlex
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -68,7 +71,11 @@ class GitRemote:
         self.env = self._environment(token, ssh_key)
         self.last_error: str | None = None
         self.last_fetch: float | None = None
+        self.head: str | None = None  # the commit checked out after the last good sync
         self._lock = threading.Lock()
+        # Every process of a host (the workers of one `serve`) shares the checkout: one git
+        # command at a time among them, or a second one fails on .git/index.lock.
+        self._host_lock = self.checkout.parent / f".{self.checkout.name}.lock"
 
     def _environment(self, token: str | None, ssh_key: Path | None) -> dict[str, str]:
         env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
@@ -102,49 +109,67 @@ class GitRemote:
                 repo.remotes.origin.set_url(self.url)
         return repo
 
-    def sync(self) -> SyncResult:
-        """Fetch the branch and check out its head; GitSyncError when the remote fails."""
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The checkout to this thread alone in this process, and to this process alone on
+        this host: nothing else fetches, checks out or reads it meanwhile."""
         with self._lock:
-            started = time.monotonic()
-            try:
-                repo = self._repo()
-            except git.GitError as exc:
-                raise self._failed(f"cannot prepare {self.checkout}: {exc}") from None
-            try:
-                head = repo.head.commit if repo.head.is_valid() else None
-                previous = head.hexsha if head is not None else None
-                with repo.git.custom_environment(**self.env):
-                    repo.git.fetch(
-                        "--prune",
-                        "--force",
-                        "origin",
-                        f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}",
-                        kill_after_timeout=self.timeout,
-                    )
-                target = repo.commit(f"refs/remotes/origin/{self.branch}")
-                forced = head is not None and not repo.is_ancestor(head, target)
-                if target.hexsha != previous:
-                    repo.git.checkout("--force", "-B", self.branch, target.hexsha)
-                    repo.git.clean("-fdx")
-            except (git.GitError, ValueError) as exc:
-                raise self._failed(_short_git_error(exc, self.url, self.branch)) from None
-            finally:
-                repo.close()
-            self.last_error = None
-            self.last_fetch = time.time()
-            result = SyncResult(target.hexsha, previous, forced)
-            if result.changed:
-                level = logging.WARNING if forced else logging.INFO
-                log.log(
-                    level,
-                    "policy branch %s moved to %s%s in %.0f ms",
-                    self.branch,
-                    target.hexsha[:12],
-                    " (history rewritten)" if forced else "",
-                    (time.monotonic() - started) * 1000,
-                    extra={"event": "git_synced", "head": target.hexsha, "forced": forced},
+            self._host_lock.parent.mkdir(parents=True, exist_ok=True)
+            with self._host_lock.open("a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+                yield
+
+    def sync(self) -> SyncResult:
+        """Fetch the branch and check out its head; GitSyncError when the remote fails.
+
+        Another process of this host may have checked out the newest head already: then
+        `changed` is false, and `head` still says what the checkout holds now."""
+        with self.exclusive():
+            return self.sync_held()
+
+    def sync_held(self) -> SyncResult:
+        """`sync`, for a caller that holds `exclusive()` (to read the checkout it made)."""
+        started = time.monotonic()
+        try:
+            repo = self._repo()
+        except git.GitError as exc:
+            raise self._failed(f"cannot prepare {self.checkout}: {exc}") from None
+        try:
+            head = repo.head.commit if repo.head.is_valid() else None
+            previous = head.hexsha if head is not None else None
+            with repo.git.custom_environment(**self.env):
+                repo.git.fetch(
+                    "--prune",
+                    "--force",
+                    "origin",
+                    f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}",
+                    kill_after_timeout=self.timeout,
                 )
-            return result
+            target = repo.commit(f"refs/remotes/origin/{self.branch}")
+            forced = head is not None and not repo.is_ancestor(head, target)
+            if target.hexsha != previous:
+                repo.git.checkout("--force", "-B", self.branch, target.hexsha)
+                repo.git.clean("-fdx")
+        except (git.GitError, ValueError) as exc:
+            raise self._failed(_short_git_error(exc, self.url, self.branch)) from None
+        finally:
+            repo.close()
+        self.last_error = None
+        self.last_fetch = time.time()
+        self.head = target.hexsha
+        result = SyncResult(target.hexsha, previous, forced)
+        if result.changed:
+            level = logging.WARNING if forced else logging.INFO
+            log.log(
+                level,
+                "policy branch %s moved to %s%s in %.0f ms",
+                self.branch,
+                target.hexsha[:12],
+                " (history rewritten)" if forced else "",
+                (time.monotonic() - started) * 1000,
+                extra={"event": "git_synced", "head": target.hexsha, "forced": forced},
+            )
+        return result
 
     def _failed(self, message: str) -> GitSyncError:
         self.last_error = message
@@ -158,6 +183,7 @@ class GitRemote:
             "url": redact(self.url),
             "branch": self.branch,
             "last_fetch": self.last_fetch,
+            "head": self.head,
             "error": self.last_error,
         }
 

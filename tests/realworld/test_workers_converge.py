@@ -1,0 +1,52 @@
+"""Several workers of one `serve` share one git checkout of the policy: a revoking commit
+reaches every worker within a poll, and /healthz says which revision each one serves."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.realworld.test_reload import bob_push, commit_and_push, demote_bob, remote
+from tests.support.gateway import start_gateway
+
+__all__ = ["remote"]  # the fixture, shared with test_reload
+
+
+def test_two_workers_both_follow_a_revoking_commit(
+    tmp_path: Path, remote: tuple[Path, Path]
+) -> None:
+    bare, work = remote
+    gateway = start_gateway(
+        tmp_path / "gw",
+        args=[
+            "--workers",
+            "2",
+            "--policy-git",
+            f"file://{bare}",
+            "--policy-branch",
+            "main",
+            "--policy-path",
+            "policies",
+            "--poll-interval",
+            "1s",
+        ],
+    )
+    try:
+        assert bob_push(gateway)[1] == ["pull", "push"]
+        demote_bob(work)
+        revoked = commit_and_push(work, "bob only views platform")
+        pushed = time.monotonic()
+        time.sleep(3)  # three polls: every worker has fetched or followed by now
+        # A new connection each time: the requests spread over both workers.
+        answers = [bob_push(gateway) for _ in range(30)]
+        assert all(answer == (revoked, ["pull"]) for answer in answers), answers
+        health = [httpx.get(f"{gateway.url}/healthz", timeout=30).json() for _ in range(10)]
+        assert {h["revision"] for h in health} == {revoked}
+        assert {h["newest"] for h in health} == {revoked}
+        assert {h["status"] for h in health} == {"ok"}
+        print(f"revocation on both workers within {time.monotonic() - pushed:.1f} s")
+        assert "index.lock" not in gateway.logs()
+    finally:
+        gateway.stop()
