@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import hashlib
+import os
 import re
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -72,20 +73,73 @@ class LoadResult:
     warnings: tuple[Problem, ...]
 
 
+# What a policy directory may hold: enough for 100,000 users in a few files, little enough
+# that a stray or hostile file cannot take the gateway's memory or a core for minutes.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_TOTAL_BYTES = 128 * 1024 * 1024
+MAX_FILES = 10_000
+
+
 def policy_files(directory: Path) -> dict[str, str]:
-    """Every `*.yaml`/`*.yml` below `directory` except under `tests/`, by display name."""
+    """Every `*.yaml`/`*.yml` below `directory` except under `tests/`, by display name;
+    PolicyError for what cannot be a policy file (see `read_yaml_files`)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise PolicyError(
             [Problem(Location(str(directory), 0, 0), "error", "no such policy directory")]
         )
+    return read_yaml_files(directory, lambda relative: relative.parts[0] != "tests")
+
+
+def read_yaml_files(directory: Path, wanted: Callable[[Path], bool]) -> dict[str, str]:
+    """The `*.yaml`/`*.yml` files below `directory` (names starting with `.` skipped, and
+    what `wanted(relative path)` refuses), by display name.
+
+    What git holds is what is enforced: a symbolic link, anywhere below `directory`, is an
+    error and is never followed (it could point at any file of the machine, and `diff` would
+    not see what it points at). So are a file that is not UTF-8 and files beyond the size and
+    count limits above. Every such problem is reported, each at its file."""
+    problems: list[Problem] = []
     texts: dict[str, str] = {}
-    for path in sorted(directory.rglob("*")):
-        relative = path.relative_to(directory)
-        if relative.parts[0] == "tests" or any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.suffix in (".yaml", ".yml") and path.is_file():
-            texts[str(directory / relative)] = path.read_text(encoding="utf-8")
+    total = 0
+
+    def refuse(path: Path, message: str) -> None:
+        problems.append(Problem(Location(str(path), 1, 1), "error", message))
+
+    for root, dirs, files in os.walk(directory, followlinks=False):
+        base = Path(root)
+        dirs.sort()
+        for name in [d for d in dirs if (base / d).is_symlink()]:
+            dirs.remove(name)
+            if not name.startswith(".") and wanted((base / name).relative_to(directory)):
+                refuse(base / name, "a symbolic link: policy directories must be real ones")
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in sorted(files):
+            path = base / name
+            relative = path.relative_to(directory)
+            if name.startswith(".") or path.suffix not in (".yaml", ".yml") or not wanted(relative):
+                continue
+            if path.is_symlink():
+                refuse(path, "a symbolic link: policy files must be regular files (not followed)")
+                continue
+            if len(texts) >= MAX_FILES:
+                refuse(path, f"more than {MAX_FILES} policy files")
+                break
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES or total + size > MAX_TOTAL_BYTES:
+                refuse(
+                    path,
+                    f"too large: a policy file may hold {MAX_FILE_BYTES // 2**20} MiB, and all "
+                    f"of them {MAX_TOTAL_BYTES // 2**20} MiB",
+                )
+                continue
+            total += size
+            try:
+                texts[str(path)] = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                refuse(path, f"not UTF-8 text (byte {exc.start} cannot be decoded)")
+    if problems:
+        raise PolicyError(problems)
     return texts
 
 

@@ -235,6 +235,16 @@ class PolicySource:
                 log.error("policy unreadable: %s", exc, extra={"event": "policy_rejected"})
                 self._notify(False)
                 return False
+            except Exception as exc:  # a bug of ours on odd input: still a rejected change
+                self._failures += 1
+                self._last_error = f"{self.directory}: cannot load: {type(exc).__name__}: {exc}"
+                log.exception(
+                    "policy rejected (unexpected error); keeping revision %s",
+                    self.engine.revision if self.engine else "none",
+                    extra={"event": "policy_rejected", "error": self._last_error},
+                )
+                self._notify(False)
+                return False
             for warning in warnings:
                 log.warning("%s", warning, extra={"event": "policy_warning"})
             previous = self.engine.revision if self.engine else None

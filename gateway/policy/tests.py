@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gateway.policy import yamlnodes as yn
 from gateway.policy.engine import Engine
-from gateway.policy.load import Problem
+from gateway.policy.load import Problem, read_yaml_files
 from gateway.policy.model import Location, Subject
 
 _FIELDS = ("as", "scope", "granted", "description")
@@ -61,6 +61,10 @@ def read_cases(texts: dict[str, str]) -> tuple[list[Case], list[Problem]]:
             if unknown or missing:
                 error(loc, f"test case: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
                 continue
+            not_text = [k for k in ("as", "scope") if not isinstance(fields[k], yn.ScalarNode)]
+            if not_text:
+                error(yn.location(fields[not_text[0]], file), f"{not_text[0]} must be one value")
+                continue
             try:
                 subject = Subject.parse(str(yn.scalar(fields["as"])))
                 type_, name, actions = parse_case_scope(str(yn.scalar(fields["scope"])))
@@ -69,6 +73,10 @@ def read_cases(texts: dict[str, str]) -> tuple[list[Case], list[Problem]]:
                 continue
             granted_node = fields["granted"]
             if isinstance(granted_node, yn.SequenceNode):
+                odd = [n for n in granted_node.value if not isinstance(n, yn.ScalarNode)]
+                if odd:
+                    error(yn.location(odd[0], file), "each granted action must be one value")
+                    continue
                 granted = frozenset(str(yn.scalar(n)) for n in granted_node.value)
             else:
                 value = yn.scalar(granted_node) if isinstance(granted_node, yn.ScalarNode) else 0
@@ -84,15 +92,12 @@ def read_cases(texts: dict[str, str]) -> tuple[list[Case], list[Problem]]:
 
 
 def case_files(directory: Path) -> dict[str, str]:
-    """The test files of a policy directory, by display name."""
+    """The test files of a policy directory, by display name (read as `policy_files` reads
+    the policy's: regular files only, size-limited, UTF-8; PolicyError otherwise)."""
     tests = Path(directory) / "tests"
-    if not tests.is_dir():
+    if not tests.is_dir() or tests.is_symlink():
         return {}
-    return {
-        str(path): path.read_text(encoding="utf-8")
-        for path in sorted(tests.rglob("*"))
-        if path.suffix in (".yaml", ".yml") and path.is_file()
-    }
+    return read_yaml_files(tests, lambda relative: True)
 
 
 def run_cases(engine: Engine, cases: list[Case]) -> list[Problem]:
