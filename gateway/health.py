@@ -8,8 +8,11 @@ from gateway import __version__
 from gateway.services import Services
 
 
-def health(services: Services) -> dict[str, Any]:
-    """Whether a valid policy is in force, which one, and how the sources behind it are."""
+def health(services: Services, *, details: bool = False) -> dict[str, Any]:
+    """Whether a valid policy is in force, which one, and how the sources behind it are.
+
+    Unauthenticated callers (/healthz, /readyz) get where a rejected policy went wrong, not
+    what its files say (`error_summary`); `details` (the UI, for admins) gives every problem."""
     source, remote = services.source, services.remote
     status = source.status()
     source_error = remote.last_error if remote else None
@@ -24,7 +27,7 @@ def health(services: Services) -> dict[str, Any]:
         "revision": status.revision,
         "newest": newest,
         "loaded_at": source.loaded_at_iso(),
-        "error": status.last_error,
+        "error": status.last_error if details else error_summary(status.last_error),
         "source": remote.describe()
         if remote
         else {"kind": "directory", "path": str(source.directory)},
@@ -49,3 +52,17 @@ def sign_in_status(services: Services) -> dict[str, Any]:
     if ldap is not None:
         backends["ldap"] = {"url": ldap.describe(), "down": ldap.down}
     return {"sign_in": backends} if backends else {}
+
+
+def error_summary(error: str | None) -> str | None:
+    """A rejection's first location (`file:line:column`) and how many problems there were;
+    none of the files' text (a message may quote a key or a value)."""
+    if not error:
+        return error
+    lines = [line for line in error.splitlines() if line.strip()]
+    where = lines[0].split(": ", 1)[0] if ": " in lines[0] else "the policy"
+    more = f" and {len(lines) - 1} more" if len(lines) > 1 else ""
+    return (
+        f"policy rejected: a problem at {where}{more}; the server log has them all, "
+        "and so has the Status page for admins"
+    )

@@ -152,7 +152,7 @@ async def teams(site: Site, request: Request, viewer: Viewer) -> Response:
 
 async def status(site: Site, request: Request, viewer: Viewer) -> Response:
     """The live policy revision, when it loaded, the last error, and the catalog index."""
-    live = health(site.services)
+    live = health(site.services, details=viewer.admin)
     policy: dict[str, Any] = {
         "state": live["status"],
         "revision": live["revision"],
