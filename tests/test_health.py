@@ -37,7 +37,7 @@ def services(client: TestClient) -> Services:
 
 def test_healthz_says_where_not_what(client: TestClient) -> None:
     source = services(client).source
-    (source.directory / "zz.yaml").write_text("users:\n  mallory-secret-name: [\n")
+    (source.directory / "zz.yaml").write_text("mallory-secret-name: {}\n")  # echoed by the loader
     assert source.reload() is False
     health = client.get("/healthz").json()
     assert health["status"] == "degraded"
