@@ -62,6 +62,9 @@ class Viewer:
     engine: Engine
     method: str  # anonymous | session | basic
     session: Session | None = None
+    # A personal access token's cap, as at the token endpoint: what the viewer may do is
+    # what the policy grants and the token allows (None: no cap).
+    actions: frozenset[str] | None = None
 
     @property
     def signed_in(self) -> bool:
@@ -69,11 +72,15 @@ class Viewer:
 
     @property
     def admin(self) -> bool:
-        return self.engine.is_admin(self.subject)
+        """An admin of the policy, unless a token caps them below every repository action
+        (as the token endpoint grants `*` only to a token that allows them all)."""
+        capped = self.actions is not None and not self.actions.issuperset(REPOSITORY_ACTIONS)
+        return not capped and self.engine.is_admin(self.subject)
 
     def rights(self, repository: str) -> dict[str, bool]:
         found = self.engine.repository_rights(self.subject, repository)
-        return {action: found[action][0] for action in REPOSITORY_ACTIONS}
+        cap = self.actions
+        return {a: found[a][0] and (cap is None or a in cap) for a in REPOSITORY_ACTIONS}
 
     def data(self) -> dict[str, Any]:
         return {
@@ -143,7 +150,7 @@ class Site:
         header = request.headers.get("authorization", "")
         if json and header[:6].lower() == "basic ":
             identity = await self._basic(request, engine, header[6:])
-            return Viewer(identity.subject, engine, "basic")
+            return Viewer(identity.subject, engine, "basic", actions=identity.actions)
         session = self.codec.loads(request.cookies.get(COOKIE))
         request.state.ui_session = session
         if session is None:
@@ -158,7 +165,13 @@ class Site:
             request.state.ui_session = None
             return Viewer(Subject("anonymous"), engine, "anonymous")
         method = "session" if session.signed_in else "anonymous"
-        return Viewer(session.subject, engine, method, session)
+        return Viewer(
+            session.subject,
+            engine,
+            method,
+            session,
+            token_cap(engine, session.subject, session.via),
+        )
 
     async def sign_in(
         self, request: Request, engine: Engine, username: str, password: str
@@ -325,6 +338,19 @@ class Site:
         if self.settings.registry_url:
             return urlsplit(self.settings.registry_url).netloc or None
         return None
+
+
+def token_cap(engine: Engine, subject: Subject, via: str | None) -> frozenset[str] | None:
+    """The actions a session signed in with a personal access token may use (its cap in the
+    live policy); None for any other sign-in."""
+    if via is None or not via.startswith("token:"):
+        return None
+    user = engine.policy.users.get(subject.name)
+    name = via.removeprefix("token:")
+    token = next((t for t in user.tokens if t.name == name), None) if user else None
+    if token is None:
+        return frozenset()  # gone: nothing (the session is signed out on this request anyway)
+    return token.actions
 
 
 def retry_after(exc: AuthenticationFailed) -> int | None:
