@@ -295,7 +295,8 @@ FIELDS: tuple[Field, ...] = (
         "lockout_failures",
         10,
         _int(0, 100000),
-        "failed password sign-ins of one user name within lockout_window that lock it (0: never)",
+        "failed password sign-ins of one user name from one address within lockout_window that "
+        "lock that name for that address (0: never)",
     ),
     Field(
         "lockout_address_failures",
@@ -318,6 +319,20 @@ FIELDS: tuple[Field, ...] = (
         1.0,
         _duration,
         "first pause once failures pile up, doubled after each further failure (0: none)",
+    ),
+    # -- brute-force protection and failure timing (docs/authentication.md) --------------
+    Field(
+        "lockout_account_failures",
+        100,
+        _int(0, 1_000_000),
+        "failed sign-ins of one user name from every address within lockout_window that put "
+        "it under attack: then an address that failed for it is refused it (0: never)",
+    ),
+    Field(
+        "signin_failure_floor",
+        0.0,
+        _duration,
+        "least time a failed sign-in takes; raised to the slowest check measured (0: measured)",
     ),
     Field("ldap_url", None, _optional(_ldap_url), "LDAP server, ldap://HOST[:PORT] or ldaps://"),
     Field("ldap_start_tls", False, _bool, "upgrade an ldap:// connection with StartTLS"),
@@ -423,6 +438,8 @@ class Settings:
     lockout_window: float
     lockout_duration: float
     lockout_backoff: float
+    lockout_account_failures: int
+    signin_failure_floor: float
     ldap_url: str | None
     ldap_start_tls: bool
     ldap_ca_file: Path | None

@@ -1,14 +1,13 @@
-"""Sign-in pieces on their own: lockout rules, the verification cache, htpasswd, tokens. The
-commands that make robots, tokens and password hashes: tests/realworld/test_signin.py."""
+"""Sign-in pieces on their own: the verification cache, htpasswd, tokens. The commands that
+make robots, tokens and password hashes: tests/realworld/test_signin.py. Lockout and the
+failure floor: tests/test_lockout.py."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import shutil
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import bcrypt
 import pytest
@@ -19,8 +18,6 @@ from gateway.app import create_app
 from gateway.auth import identity as identity_module
 from gateway.auth.credentials import TOKEN_PREFIX, new_secret, token_entry
 from gateway.auth.htpasswd import parse
-from gateway.auth.identity import AuthenticationFailed, Authenticator, Identity, TooManyAttempts
-from gateway.auth.lockout import MemoryFailureCounter, Rules, Throttle
 from gateway.auth.verifycache import VerificationCache
 from gateway.config import load_settings
 from gateway.policy.engine import Engine
@@ -30,7 +27,6 @@ from gateway.policy.model import Role, Subject
 from tests.support.gateway import PASSWORDS, jwt_parts
 
 SERVICE = "unit-registry"
-T = TypeVar("T")
 
 
 class Clock:
@@ -39,67 +35,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coroutine)
-
-
-# -- lockout ----------------------------------------------------------------------------------
-
-
-def test_backoff_doubles_then_the_key_is_locked_until_the_lockout_ends() -> None:
-    clock = Clock()
-    counter = MemoryFailureCounter(Rules(failures=6, window=60, lockout=30, backoff=1), clock=clock)
-    waits = []
-    for _ in range(5):
-        wait, locked = run(counter.failed("k"))
-        assert not locked
-        waits.append(wait)
-        clock.now += wait  # the caller waits as told
-    assert waits == [0, 1, 2, 4, 8]  # two free failures (a third of 6), then doubling
-    assert run(counter.failed("k")) == (30, True)
-    assert run(counter.retry_after("k")) == (30, True)
-    clock.now += 29.5
-    assert run(counter.retry_after("k")) == (0.5, True)
-    clock.now += 1
-    assert run(counter.retry_after("k")) == (0, False)
-    assert run(counter.failed("k")) == (0, False)  # a fresh count after the lockout
-
-
-def test_failures_leave_the_sliding_window_and_a_reset_forgets_them() -> None:
-    clock = Clock()
-    counter = MemoryFailureCounter(Rules(failures=3, window=10, lockout=30, backoff=0), clock=clock)
-    run(counter.failed("k"))
-    run(counter.failed("k"))
-    clock.now += 11
-    assert run(counter.failed("k")) == (0, False)  # the first two are out of the window
-    run(counter.reset("k"))
-    run(counter.failed("k"))
-    assert run(counter.failed("k")) == (0, False)
-
-
-def test_the_counter_keeps_a_bounded_number_of_keys() -> None:
-    counter = MemoryFailureCounter(Rules(3, 60, 30, 0), size=100)
-    for i in range(1000):
-        run(counter.failed(f"address:{i}"))
-    assert len(counter._records) == 100
-
-
-def test_tokens_skip_the_name_lock_but_not_the_address_lock() -> None:
-    throttle = Throttle(
-        MemoryFailureCounter(Rules(2, 60, 30, 0)), MemoryFailureCounter(Rules(5, 60, 30, 0))
-    )
-    for address in ("a1", "a2"):
-        run(throttle.failed("Alice", address, token=False))
-    refusal = run(throttle.check("ALICE", "a3", token=False))  # names are case-folded
-    assert refusal is not None and refusal.scope == "user" and refusal.locked
-    assert run(throttle.check("alice", "a3", token=True)) is None
-    for _ in range(5):
-        run(throttle.failed("robot", "a4", token=True))
-    refusal = run(throttle.check("robot", "a4", token=True))
-    assert refusal is not None and refusal.scope == "address"
-    assert run(throttle.check("robot", "a5", token=True)) is None  # no count on the robot's name
 
 
 # -- the verification cache -------------------------------------------------------------------
@@ -236,33 +171,11 @@ def test_twenty_requests_cost_one_slow_hash(
         answer = get(client, "alice", PASSWORDS["alice"], f"repository:library/l{i}:pull")
         assert answer.status_code == 200
     assert calls == [PASSWORDS["alice"]]
-    for _ in range(3):
-        assert get(client, "alice", "wrong").status_code == 401
-    assert calls.count("wrong") == 3  # a wrong password is never remembered
-
-
-def test_the_same_wrong_password_again_counts_once() -> None:
-    """A client retrying a stale password (a CI job, a credential helper) does not lock its user."""
-    stored = bcrypt.hashpw(b"right-password", bcrypt.gensalt(4)).decode()
-    engine = Engine(load_texts({"p.yaml": f'users:\n  dave: {{password: "{stored}"}}\n'}).policy)
-    rules = Rules(failures=3, window=60, lockout=60, backoff=0)
-    authenticator = Authenticator(
-        throttle=Throttle(MemoryFailureCounter(rules), MemoryFailureCounter(rules))
-    )
-
-    def sign_in(password: str, client: str = "10.0.0.1") -> Identity:
-        return run(authenticator.password(engine, "dave", password, client=client))
-
-    for _ in range(6):
-        with pytest.raises(AuthenticationFailed) as failed:
-            sign_in("last-years-password")
-        assert not isinstance(failed.value, TooManyAttempts)
-    assert sign_in("right-password").subject == Subject("user", "dave")
     for i in range(3):
-        with pytest.raises(AuthenticationFailed):
-            sign_in(f"guess-{i}", client=f"10.0.1.{i}")
-    with pytest.raises(TooManyAttempts):
-        sign_in("right-password")
+        assert get(client, "alice", f"wrong-{i}").status_code == 401
+    wrong = [call for call in calls if call.startswith("wrong")]
+    assert wrong == ["wrong-0", "wrong-1", "wrong-2"]  # a wrong password is never remembered
+    # (the same wrong password again is not even checked again: tests/test_lockout.py)
 
 
 def test_personal_access_tokens_are_capped_expire_and_refresh_with_their_cap(

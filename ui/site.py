@@ -19,6 +19,7 @@ from urllib.parse import urlencode, urlsplit
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from gateway import metrics
 from gateway.auth.basic import basic_credentials
 from gateway.auth.identity import ANONYMOUS, AuthenticationFailed, Identity
 from gateway.policy.engine import Engine
@@ -271,6 +272,7 @@ class Site:
     def unauthorized(self, exc: AuthenticationFailed) -> Response:
         wait = retry_after(exc)
         if wait is not None:
+            metrics.LOCKOUTS.inc()
             return JSONResponse(
                 {"error": "too_many_attempts", "message": f"too many attempts: retry in {wait} s"},
                 status_code=429,

@@ -12,9 +12,12 @@ asked (docs/authentication.md has the reasons):
 
 Slow hashes and LDAP binds run in worker threads, never on the event loop, and once one
 succeeds the same credentials are accepted from `VerificationCache` for a while. Every failure
-costs a slow hash, so an unknown name, a user without a password and a wrong robot secret cannot
-be told apart from a wrong password by timing (no user enumeration). Failures are counted by
-`Throttle`; a name or address that fails too often is refused before any check.
+is answered no sooner than `FailureFloor` after it started (gateway/auth/floor.py), so an
+unknown name, a user without a password, a wrong password for any hash, an LDAP user and a wrong
+robot secret or token cannot be told apart by timing (no user enumeration). A password sign-in
+that needs a check reserves its attempt in the lockout store first (gateway/auth/lockout.py)
+and settles it after, so parallel guesses cannot outrun the limits; a robot secret or token is
+checked first and counted only when wrong.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import logging
 import os
 import secrets
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio.to_thread
 import bcrypt
@@ -37,9 +43,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import Argon2Error
 
 from gateway.auth.credentials import is_access_token, sha256_hex
+from gateway.auth.floor import FailureFloor, hash_kind
 from gateway.auth.htpasswd import HtpasswdFile
 from gateway.auth.ldap import LdapConfig, LdapDirectory, LdapRejected, LdapUnavailable, LdapUser
-from gateway.auth.lockout import MemoryFailureCounter, Refusal, Rules, Throttle
+from gateway.auth.lockout import Limits, LockStore, MemoryLockStore, Outcome, Refusal, keys_for
 from gateway.auth.tokens import RefreshClaims
 from gateway.auth.verifycache import VerificationCache
 from gateway.config import ConfigError, Settings
@@ -58,8 +65,9 @@ __all__ = [
 ]
 
 _argon2 = PasswordHasher()
-DUMMY_COST = 12  # the cost of the bcrypt hashes `hash-password` makes
 LDAP_THREADS = 8  # LDAP binds at once; a slow directory never takes the threads hashes need
+LOCKOUT_FILE = "lockout.sqlite3"  # in the data dir: the counts the workers of a host share
+log = logging.getLogger("registry_gateway.lockout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,21 +105,35 @@ class AuthenticationFailed(Exception):
         self.reason = reason
         self.username = username
         self.counts = counts  # a failure of the caller (not of a directory that is down)
-        self.locked: list[str] = []  # lockouts this failure started ("user", "address")
+        self.locked: list[str] = []  # lockouts this failure started ("user", "address", ...)
+
+
+_REFUSALS = {
+    "address": "client address {state} after failed sign-ins",
+    "user": "user name {state} for this client address after failed sign-ins",
+    "account": "user name under attack from many addresses: this one failed for it lately",
+}
 
 
 class TooManyAttempts(AuthenticationFailed):
-    """Refused before checking: the user name or client address failed too often lately."""
+    """Refused before checking: the address (or the name from this address) failed too often."""
 
     def __init__(self, refusal: Refusal, username: str = "") -> None:
-        what = "user name" if refusal.scope == "user" else "client address"
         state = "locked out" if refusal.locked else "backing off"
-        super().__init__(f"{what} {state} after failed sign-ins", username, counts=False)
+        super().__init__(_REFUSALS[refusal.scope].format(state=state), username, counts=False)
         self.refusal = refusal
 
     @property
     def retry_after(self) -> int:
         return self.refusal.retry_after
+
+
+class _Target(NamedTuple):
+    """Where a name's password is checked, found without checking it."""
+
+    backend: str  # robot | token | password | htpasswd | ldap | none
+    stored: str = ""  # the stored hash (password, htpasswd)
+    reason: str = ""  # for none: why nothing can sign this name in
 
 
 @functools.lru_cache(maxsize=4096)
@@ -140,10 +162,14 @@ def verify_password(password: str, stored: str) -> bool:
     return False
 
 
-def default_throttle() -> Throttle:
-    return Throttle(
-        MemoryFailureCounter(Rules(failures=10, window=300, lockout=300, backoff=1)),
-        MemoryFailureCounter(Rules(failures=50, window=300, lockout=300, backoff=1)),
+def limits_for(settings: Settings) -> Limits:
+    return Limits(
+        user=settings.lockout_failures,
+        address=settings.lockout_address_failures,
+        account=settings.lockout_account_failures,
+        window=settings.lockout_window,
+        lockout=settings.lockout_duration,
+        backoff=settings.lockout_backoff,
     )
 
 
@@ -153,20 +179,15 @@ REDIS_URL_INVALID = (
 )
 
 
-def throttle_for(settings: Settings) -> Throttle:
-    def rules(failures: int) -> Rules:
-        return Rules(
-            failures=failures,
-            window=settings.lockout_window,
-            lockout=settings.lockout_duration,
-            backoff=settings.lockout_backoff,
-        )
-
+def throttle_for(settings: Settings) -> LockStore:
+    """Where failures are counted: Redis (every replica), an SQLite file in the data dir (the
+    workers of one host), or this process's memory (one worker)."""
+    limits = limits_for(settings)
     if settings.redis_url:
         # Shared by every replica: a lockout holds whichever replica the attacker reaches.
         import redis.asyncio as aioredis
 
-        from gateway.auth.redislockout import RedisFailureCounter
+        from gateway.auth.redislockout import RedisLockStore
 
         try:
             client = aioredis.from_url(
@@ -175,14 +196,23 @@ def throttle_for(settings: Settings) -> Throttle:
         except ValueError:  # its message may quote the URL, and so part of the password
             raise ConfigError(REDIS_URL_INVALID) from None
         prefix = f"registry-gateway:{settings.service}:"
-        return Throttle(
-            RedisFailureCounter(client, rules(settings.lockout_failures), prefix),
-            RedisFailureCounter(client, rules(settings.lockout_address_failures), prefix),
-        )
-    return Throttle(
-        MemoryFailureCounter(rules(settings.lockout_failures)),
-        MemoryFailureCounter(rules(settings.lockout_address_failures)),
-    )
+        return RedisLockStore(client, limits, prefix)
+    if settings.workers > 1:
+        from gateway.auth.lockstore import SqliteLockStore
+
+        store = SqliteLockStore(settings.data_dir / LOCKOUT_FILE, limits)
+        try:
+            store.open()
+        except (sqlite3.Error, OSError) as exc:
+            log.error(
+                "lockout store %s unusable (%s): each worker counts failures on its own",
+                store.path,
+                exc,
+                extra={"event": "lockout_store_down"},
+            )
+            return MemoryLockStore(limits)
+        return store
+    return MemoryLockStore(limits)
 
 
 class Authenticator:
@@ -194,15 +224,15 @@ class Authenticator:
         htpasswd: HtpasswdFile | None = None,
         ldap: LdapDirectory | None = None,
         cache: VerificationCache | None = None,
-        throttle: Throttle | None = None,
+        throttle: LockStore | None = None,
+        floor: FailureFloor | None = None,
         repeat_window: float = 300.0,
     ) -> None:
-        # A real hash of a random secret: failures verify against it to cost a real check.
-        self._dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(DUMMY_COST)).decode()
         self.htpasswd = htpasswd
         self.ldap = ldap
         self.cache = cache if cache is not None else VerificationCache(300)
-        self.throttle = throttle if throttle is not None else default_throttle()
+        self.throttle: LockStore = throttle if throttle is not None else MemoryLockStore(Limits())
+        self.floor = floor if floor is not None else FailureFloor()
         # Wrong credentials seen lately (as HMACs): the same wrong password again is one guess,
         # so a client retrying a stale password does not lock its user out.
         self._recent_failures = VerificationCache(repeat_window, 10000)
@@ -212,7 +242,13 @@ class Authenticator:
         # event loop). Others wait their turn; identical checks already share one result.
         self._hash_threads = CapacityLimiter(os.cpu_count() or 1)
         self._pending: dict[tuple[str, str, str, str], asyncio.Future[Any]] = {}
-        self._failures = 0  # counted failed sign-ins since start (see `generation`)
+        # Attempts under way, by a MAC of (client, name, password): identical requests (a
+        # push starting) share one reservation and one check.
+        self._attempts: dict[bytes, asyncio.Future[Identity]] = {}
+        self._key = secrets.token_bytes(32)
+        self._background: set[asyncio.Future[Any]] = set()
+        self._noticed: tuple[Engine | None, object] = (None, None)
+        self._generation = 0  # counted failures and refused tries since start
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Authenticator:
@@ -223,22 +259,17 @@ class Authenticator:
             ldap=LdapDirectory(ldap_config) if ldap_config else None,
             cache=VerificationCache(settings.auth_cache_ttl, settings.auth_cache_size),
             throttle=throttle_for(settings),
+            floor=FailureFloor(settings.signin_failure_floor),
             repeat_window=settings.lockout_window,
         )
 
     @property
     def generation(self) -> tuple[int, str | None]:
         """Changes whenever an answer given to right credentials may no longer be given again
-        without checking: a counted failure (it may have started a lockout) or a new htpasswd
-        file. The token endpoint replays recent answers only within one generation."""
+        without checking: a counted failure (it may have started a lockout), a try refused by
+        a lockout (it may have been right) or a new htpasswd file. The token endpoint replays recent answers only within one generation."""
         htpasswd = self.htpasswd
-        return (self._failures, htpasswd.entries.revision if htpasswd is not None else None)
-
-    async def _slow_failure(self, reason: str, username: str) -> AuthenticationFailed:
-        await anyio.to_thread.run_sync(
-            verify_password, "not-the-password", self._dummy, limiter=self._hash_threads
-        )
-        return AuthenticationFailed(reason, username)
+        return (self._generation, htpasswd.entries.revision if htpasswd is not None else None)
 
     # -- sign-in -----------------------------------------------------------------------
 
@@ -247,69 +278,202 @@ class Authenticator:
     ) -> Identity:
         """Authenticate HTTP Basic or OAuth2 password credentials from `client` (an address).
 
-        Raises TooManyAttempts when the name or address must wait, AuthenticationFailed when
-        the credentials are wrong (or the only backend that could check them is down).
+        Raises TooManyAttempts (at once) when the address, or the name from this address,
+        must wait; AuthenticationFailed when the credentials are wrong (or the only backend
+        that could check them is down), never sooner than the failure floor after the call.
         """
-        token = username in engine.policy.robots or is_access_token(password)
-        refusal = await self.throttle.check(username, client, token=token)
+        started = time.monotonic()
+        try:
+            return await self._sign_in(engine, username, password, client)
+        except TooManyAttempts:
+            # A refused try may be the right password, which a replay or a remembered sign-in
+            # would answer without asking here: the generation moves, ending those.
+            self._generation += 1
+            raise
+        except AuthenticationFailed:
+            self._notice(engine)
+            await self.floor.wait(started)
+            raise
+
+    def _notice(self, engine: Engine) -> None:
+        """Tell the floor which kinds of hash the live policy and htpasswd file hold (not on
+        the way of robots and tokens, which may never need it: measuring argon2id takes
+        its 64 MiB)."""
+        entries = self.htpasswd.entries if self.htpasswd is not None else None
+        if self._noticed[0] is engine and self._noticed[1] is entries:
+            return
+        self._noticed = (engine, entries)
+        hashes = [user.password for user in engine.policy.users.values() if user.password]
+        if entries is not None:
+            hashes += entries.hashes.values()
+        self.floor.notice({kind for kind in map(hash_kind, hashes) if kind})
+
+    async def _sign_in(
+        self, engine: Engine, username: str, password: str, client: str | None
+    ) -> Identity:
+        target = self._locate(engine, username, password)
+        if target.backend in ("robot", "token"):
+            # One SHA-256, checked first: a right secret never touches the lockout store, and
+            # nobody guesses a 256-bit secret. A wrong one counts against the address.
+            try:
+                return self._token(engine, target, username, password)
+            except AuthenticationFailed as exc:
+                await self._token_failure(exc, target, username, password, client)
+                raise
+        self._notice(engine)  # a slow check ahead: the floor measures what it may cost
+        key = self._attempt_key(client, username, password)
+        attempt = self._attempts.get(key)
+        if attempt is None:
+            attempt = asyncio.ensure_future(
+                self._attempt(engine, target, username, password, client)
+            )
+            self._attempts[key] = attempt
+            attempt.add_done_callback(functools.partial(self._attempt_done, key))
+        # Shielded: a client that goes away does not cancel the check or its settling.
+        return await asyncio.shield(attempt)
+
+    def _attempt_key(self, client: str | None, username: str, password: str) -> bytes:
+        parts = (client or "", username, password)
+        message = "\0".join(parts).encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(message, key=self._key, digest_size=16).digest()
+
+    def _attempt_done(self, key: bytes, done: asyncio.Future[Identity]) -> None:
+        self._attempts.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here, whoever else awaits it
+
+    async def _attempt(
+        self, engine: Engine, target: _Target, username: str, password: str, client: str | None
+    ) -> Identity:
+        """One sign-in that costs a check: reserved against the counts before the check,
+        settled after it (a failure stays counted; anything else is given back)."""
+        keys = keys_for(username, client)
+        ticket = secrets.token_hex(8)
+        refusal = await self.throttle.reserve(keys, ticket)
         if refusal is not None:
             raise TooManyAttempts(refusal, username)
         try:
-            identity = await self._verify(engine, username, password)
+            identity = await self._check(engine, target, username, password)
         except AuthenticationFailed as exc:
-            if exc.counts and self._recent_failures.get("failed", username, password) is None:
-                self._failures += 1
-                self._recent_failures.put("failed", username, password)
-                exc.locked = await self.throttle.failed(username, client, token=token)
-            elif exc.counts:
-                exc.reason += " (the same wrong credentials again: not counted)"
+            outcome = self._outcome(exc, target, username, password)
+            exc.locked = list(await self.throttle.settle(keys, ticket, outcome))
             raise
-        if not token:
-            await self.throttle.succeeded(username)
+        except BaseException:
+            self._later(self.throttle.settle(keys, ticket, "uncounted"))
+            raise
+        # The answer does not wait for the store: one round trip per password sign-in.
+        self._later(self.throttle.settle(keys, ticket, "succeeded"))
         return identity
 
-    async def _verify(self, engine: Engine, username: str, password: str) -> Identity:
+    async def _token_failure(
+        self,
+        exc: AuthenticationFailed,
+        target: _Target,
+        username: str,
+        password: str,
+        client: str | None,
+    ) -> None:
+        """Count a wrong robot secret or token against the address (TooManyAttempts if the
+        address is locked out)."""
+        keys = keys_for(None, client)
+        ticket = secrets.token_hex(8)
+        refusal = await self.throttle.reserve(keys, ticket)
+        if refusal is not None:
+            raise TooManyAttempts(refusal, username) from None
+        outcome = self._outcome(exc, target, username, password)
+        exc.locked = list(await self.throttle.settle(keys, ticket, outcome))
+
+    def _outcome(
+        self, exc: AuthenticationFailed, target: _Target, username: str, password: str
+    ) -> Outcome:
+        """Whether a failure counts: not when a directory was down, nor for the same wrong
+        credentials again (a client retrying a stale password makes one guess, not many)."""
+        if not exc.counts:
+            return "uncounted"
+        stamp = f"{target.backend}:{target.stored}"
+        if self._recent_failures.get("failed", username, password, stamp) is not None:
+            exc.reason += " (the same wrong credentials again: not counted)"
+            return "uncounted"
+        self._recent_failures.put("failed", username, password, stamp)
+        self._generation += 1
+        return "failed"
+
+    def _later(self, work: Awaitable[object]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _locate(self, engine: Engine, username: str, password: str) -> _Target:
+        """The backend that decides for this name (the first that has it), without a check."""
         policy = engine.policy
-        robot = policy.robots.get(username)
-        if robot is not None:
+        if username in policy.robots:
+            return _Target("robot")
+        if is_access_token(password):
+            return _Target("token")
+        user = policy.users.get(username)
+        if user is not None and user.password is not None:
+            return _Target("password", user.password)
+        stored = self.htpasswd.get(username) if self.htpasswd is not None else None
+        if stored is not None:
+            return _Target("htpasswd", stored)
+        if self.ldap is not None:
+            return _Target("ldap")
+        reason = "user has no password in the policy" if user is not None else "unknown user"
+        return _Target("none", reason=reason)
+
+    def _token(self, engine: Engine, target: _Target, username: str, password: str) -> Identity:
+        """A robot's secret or a personal access token: one SHA-256, compared in constant time."""
+        policy = engine.policy
+        if target.backend == "robot":
+            robot = policy.robots[username]
             if robot.expired(dt.date.today()):
-                raise await self._slow_failure("robot expired", username)
+                raise AuthenticationFailed("robot expired", username)
             if hmac.compare_digest(sha256_hex(password), robot.token_sha256):
                 subject = Subject("robot", username)
                 return Identity(subject, "robot", fingerprint(robot.token_sha256))
-            raise await self._slow_failure("wrong robot secret", username)
+            raise AuthenticationFailed("wrong robot secret", username)
         user = policy.users.get(username)
-        if is_access_token(password):
-            digest = sha256_hex(password)
-            for token in user.tokens if user is not None else ():
-                if hmac.compare_digest(digest, token.token_sha256):
-                    if token.expired(dt.date.today()):
-                        raise await self._slow_failure(
-                            f"personal access token {token.name!r} expired", username
-                        )
-                    return Identity(
-                        Subject("user", username),
-                        "access_token",
-                        fingerprint(token.token_sha256),
-                        actions=token.actions,
-                        via=f"token:{token.name}",
+        digest = sha256_hex(password)
+        for token in user.tokens if user is not None else ():
+            if hmac.compare_digest(digest, token.token_sha256):
+                if token.expired(dt.date.today()):
+                    raise AuthenticationFailed(
+                        f"personal access token {token.name!r} expired", username
                     )
-            raise await self._slow_failure("unknown personal access token", username)
-        if user is not None and user.password is not None:
-            if not await self._check_hash("policy", username, password, user.password):
+                return Identity(
+                    Subject("user", username),
+                    "access_token",
+                    fingerprint(token.token_sha256),
+                    actions=token.actions,
+                    via=f"token:{token.name}",
+                )
+        raise AuthenticationFailed("unknown personal access token", username)
+
+    async def _check(
+        self, engine: Engine, target: _Target, username: str, password: str
+    ) -> Identity:
+        """The slow check (a hash or an LDAP bind; a right one is remembered for a while, see
+        `_once`), or the failure of a name nobody has."""
+        if target.backend in ("password", "htpasswd"):
+            stamp = f"{target.backend}:{target.stored}"
+            if self._recent_failures.get("failed", username, password, stamp) is not None:
+                # This very hash refused these very credentials lately: no need to ask again.
                 raise AuthenticationFailed("wrong password", username)
-            return Identity(Subject("user", username), "password", fingerprint(user.password))
-        stored = self.htpasswd.get(username) if self.htpasswd is not None else None
-        if stored is not None:
-            if not await self._check_hash("htpasswd", username, password, stored):
-                raise AuthenticationFailed("wrong password (htpasswd)", username)
-            subject = Subject("user", username, directory=True)
-            return Identity(subject, "htpasswd", fingerprint(stored), via="htpasswd")
-        if self.ldap is not None:
+            backend = "policy" if target.backend == "password" else "htpasswd"
+            if not await self._check_hash(backend, username, password, target.stored):
+                suffix = "" if target.backend == "password" else " (htpasswd)"
+                raise AuthenticationFailed("wrong password" + suffix, username)
+            return self._hash_identity(target, username)
+        if target.backend == "ldap":
             return await self._ldap(engine, username, password)
-        if user is not None:
-            raise await self._slow_failure("user has no password in the policy", username)
-        raise await self._slow_failure("unknown user", username)
+        raise AuthenticationFailed(target.reason, username)
+
+    @staticmethod
+    def _hash_identity(target: _Target, username: str) -> Identity:
+        if target.backend == "password":
+            return Identity(Subject("user", username), "password", fingerprint(target.stored))
+        subject = Subject("user", username, directory=True)
+        return Identity(subject, "htpasswd", fingerprint(target.stored), via="htpasswd")
 
     async def _check_hash(self, backend: str, username: str, password: str, stored: str) -> bool:
         async def check() -> bool:
@@ -321,12 +485,22 @@ class Authenticator:
 
     async def _ldap(self, engine: Engine, username: str, password: str) -> Identity:
         assert self.ldap is not None
-        ldap = self.ldap
+        ldap, floor = self.ldap, self.floor
+
+        def timed() -> LdapUser:
+            started = time.perf_counter()
+            outage = False
+            try:
+                return ldap.authenticate(username, password)
+            except LdapUnavailable:
+                outage = True
+                raise
+            finally:
+                if not outage:  # the floor follows how long the directory takes to answer
+                    floor.ldap_bind(time.perf_counter() - started)
 
         async def bind() -> LdapUser:
-            return await anyio.to_thread.run_sync(
-                ldap.authenticate, username, password, limiter=self._ldap_threads
-            )
+            return await anyio.to_thread.run_sync(timed, limiter=self._ldap_threads)
 
         try:
             found: LdapUser = await self._once("ldap", username, password, "", bind)
@@ -334,6 +508,9 @@ class Authenticator:
             raise AuthenticationFailed(f"LDAP: {exc}", username) from None
         except LdapUnavailable as exc:
             raise AuthenticationFailed(str(exc), username, counts=False) from None
+        return self._ldap_identity(engine, username, found)
+
+    def _ldap_identity(self, engine: Engine, username: str, found: LdapUser) -> Identity:
         policy = engine.policy
         owner = policy.users.get(found.name)
         if (

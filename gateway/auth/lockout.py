@@ -1,181 +1,281 @@
-"""Brute-force protection: failed sign-ins counted per user name and per client address.
+"""Brute-force protection that a stranger cannot turn against a user, and that parallel
+requests cannot outrun (docs/authentication.md#brute-force-protection has the reasons).
 
-A key (a user name or an address) that keeps failing must wait before its next try, twice as
-long after each failure (exponential backoff), and is locked out for a while once it fails too
-often within the window. Waiting keys are answered 429 with `Retry-After` before any password
-is checked, so a locked key costs no slow hash and learns nothing.
+Three counts, in a sliding window of `Limits.window` seconds:
 
-Who is counted and checked (the reasons are in docs/authentication.md):
+- **address**: failures from one client address (an IPv6 address counts by its /64), whatever
+  the name. Checked first; it stops one client from spraying many names or secrets.
+- **user**: failures of one user name *from one address*. This is the lockout a user sees,
+  and only the address that failed sees it: an attacker elsewhere cannot lock anyone out.
+- **account**: failures of one user name from every address. It never refuses on its own;
+  once it reaches `Limits.account` the name is *under attack*, and from then on an address
+  that has failed for that name (within the window) is refused it, while an address that has
+  not failed still gets its try: a correct password from a clean address always goes through.
 
-- Passwords (policy, htpasswd, LDAP): both the user name and the address are checked; a
-  failure counts against both; a success clears the user name's count (never the address's).
-- The same wrong credentials again count once (`Authenticator` remembers recent failures).
-- Robot secrets and personal access tokens: only the address is checked and counted. A user
-  name that an attacker has locked out therefore never stops that user's tokens, nor a robot
-  of that name; guessing a 256-bit secret gets nowhere, and the address limit still stops
-  anyone from trying many.
+Each sign-in that will cost a check **reserves** its attempt first, atomically against every
+count (`reserve`), and settles it afterwards (`settle`): a failure stays counted, a success or
+a failure that does not count is given back. An attempt under way counts against the limit,
+so N parallel guesses never get more checks than the limit allows; past the free tries (a
+third of the limit) a key takes one try at a time, each after its backoff pause.
 
-The counts live behind `FailureCounter`, kept in memory per process here; issue 7 will add a
-shared store (Redis) for replicas with the same interface.
+`reserve` and `settle` are pure functions over `Record`s; the stores apply them atomically:
+`MemoryLockStore` (one process), `gateway/auth/lockstore.SqliteLockStore` (the workers of one
+host) and `gateway/auth/redislockout.RedisLockStore` (replicas, the same rules in Lua).
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 BACKOFF_CAP = 60.0  # seconds: the longest wait between tries short of a lockout
+PENDING_TTL = 120.0  # seconds after which a reservation never settled (a dead process) lapses
+KEPT = 1024  # most failure times one key keeps (a limit of 0 never clears them)
+IPV6_PREFIX = 64  # an IPv6 client counts by its /64: one host usually holds the whole prefix
+
+Outcome = Literal["failed", "succeeded", "uncounted"]
+Scope = Literal["address", "user", "account"]
 
 
 @dataclass(frozen=True, slots=True)
-class Rules:
-    """How many failures a key may have, how fast, and what happens then."""
+class Limits:
+    """How many failures each count allows within the window, and what happens then."""
 
-    failures: int  # this many failures within `window` lock the key (0: never)
-    window: float  # seconds
-    lockout: float  # seconds a locked key waits
-    backoff: float  # first wait once backoff starts, doubled after each further failure (0: none)
+    user: int = 10  # failures of one name from one address that lock it there (0: never)
+    address: int = 50  # failures from one address that lock the address (0: never)
+    account: int = 100  # failures of one name from every address: under attack (0: never)
+    window: float = 300.0  # seconds
+    lockout: float = 300.0  # seconds a locked name (for one address) or address waits
+    backoff: float = 1.0  # first pause once backoff starts, doubled per failure (0: none)
 
-    @property
-    def free(self) -> int:
-        """Failures allowed before any wait: a third of the limit (typos happen)."""
-        return max(1, self.failures // 3) if self.failures else 3
+    @staticmethod
+    def free(limit: int) -> int:
+        """Failures allowed before any pause: a third of the limit (typos happen)."""
+        return max(1, limit // 3) if limit else 3
 
-    def wait_after(self, count: int) -> float:
+    def wait_after(self, limit: int, count: int) -> float:
         """The pause a key must make after its `count`-th failure in the window."""
-        if self.backoff <= 0 or count < self.free:
+        free = self.free(limit)
+        if self.backoff <= 0 or count < free:
             return 0.0
         cap = min(BACKOFF_CAP, self.lockout) if self.lockout > 0 else BACKOFF_CAP
-        doublings: int = 2 ** (count - self.free)  # count >= free here: a whole power of 2
-        return min(cap, self.backoff * doublings)
-
-
-class FailureCounter(Protocol):
-    """Failure counts by key. Implementations: in memory (here); Redis (issue 7)."""
-
-    async def retry_after(self, key: str) -> tuple[float, bool]:
-        """Seconds until `key` may try again (0: now), and whether it is locked out."""
-        ...
-
-    async def failed(self, key: str) -> tuple[float, bool]:
-        """Count a failure: the seconds `key` must now wait, and whether it is now locked out."""
-        ...
-
-    async def reset(self, key: str) -> None:
-        """Forget the failures of `key` (after a successful sign-in)."""
-        ...
+        return min(cap, self.backoff * 2.0 ** min(count - free, 64))
 
 
 @dataclass(slots=True)
-class _Record:
-    failures: deque[float] = field(default_factory=deque)
+class Record:
+    """One key's state: failure times, attempts under way, and until when it must wait."""
+
+    failures: list[float] = field(default_factory=list)
+    pending: dict[str, float] = field(default_factory=dict)  # ticket -> when reserved
     wait_until: float = 0.0
     locked_until: float = 0.0
 
 
-class MemoryFailureCounter:
-    """Sliding-window counts in this process, for at most `size` keys (least recent dropped)."""
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The store keys of one sign-in. Tokens and robot secrets count by address alone."""
 
-    def __init__(
-        self, rules: Rules, size: int = 100_000, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rules = rules
-        self.size = size
-        self._clock = clock
-        self._records: OrderedDict[str, _Record] = OrderedDict()
+    address: str
+    user: str | None = None
+    account: str | None = None
 
-    def _prune(self, record: _Record, now: float) -> None:
-        while record.failures and record.failures[0] <= now - self.rules.window:
-            record.failures.popleft()
-
-    async def retry_after(self, key: str) -> tuple[float, bool]:
-        record = self._records.get(key)
-        if record is None:
-            return 0.0, False
-        now = self._clock()
-        if record.locked_until > now:
-            return record.locked_until - now, True
-        return max(0.0, record.wait_until - now), False
-
-    async def failed(self, key: str) -> tuple[float, bool]:
-        now = self._clock()
-        record = self._records.get(key)
-        if record is None:
-            record = self._records[key] = _Record()
-            while len(self._records) > self.size:
-                self._records.popitem(last=False)
-        self._records.move_to_end(key)
-        self._prune(record, now)
-        record.failures.append(now)
-        count = len(record.failures)
-        if self.rules.failures and count >= self.rules.failures:
-            record.failures.clear()  # a fresh count once the lockout ends
-            record.locked_until = now + self.rules.lockout
-            record.wait_until = 0.0
-            return self.rules.lockout, True
-        record.wait_until = now + self.rules.wait_after(count)
-        return max(0.0, record.wait_until - now), False
-
-    async def reset(self, key: str) -> None:
-        self._records.pop(key, None)
+    def scoped(self) -> Iterator[tuple[Scope, str]]:
+        yield "address", self.address
+        if self.user is not None:
+            yield "user", self.user
+        if self.account is not None:
+            yield "account", self.account
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """Why a sign-in is not even tried: which key waits, and for how long."""
+    """Why a sign-in is not even tried: which count refuses, and for how long."""
 
-    scope: str  # "user" | "address"
+    scope: Scope
     retry_after: int  # whole seconds, at least 1
-    locked: bool  # a lockout (True) or a backoff pause (False)
+    locked: bool  # a lockout (True) or a pause (False)
 
 
 def _seconds(value: float) -> int:
     return max(1, math.ceil(value))
 
 
-class Throttle:
-    """Applies the rules above to user names and client addresses."""
+def _prune(record: Record, now: float, window: float) -> None:
+    start = now - window
+    if record.failures and record.failures[0] <= start:
+        record.failures[:] = [t for t in record.failures if t > start]
+    stale = [ticket for ticket, at in record.pending.items() if at <= now - PENDING_TTL]
+    for ticket in stale:
+        del record.pending[ticket]
 
-    def __init__(self, users: FailureCounter, addresses: FailureCounter) -> None:
-        self.users = users
-        self.addresses = addresses
 
-    @staticmethod
-    def user_key(username: str) -> str:
-        # Case-folded: an LDAP server finds "Alice" and "ALICE" alike, so must the counter.
-        return "user:" + username.strip().casefold()[:256]
+def _gates(limits: Limits) -> tuple[tuple[Scope, int], ...]:
+    return (("address", limits.address), ("user", limits.user))
 
-    @staticmethod
-    def address_key(client: str | None) -> str:
-        return "address:" + (client or "unknown")
 
-    async def check(self, username: str, client: str | None, *, token: bool) -> Refusal | None:
-        """A refusal if the address (or, for passwords, the user name) must wait."""
-        wait, locked = await self.addresses.retry_after(self.address_key(client))
-        if wait > 0:
-            return Refusal("address", _seconds(wait), locked)
-        if not token:
-            wait, locked = await self.users.retry_after(self.user_key(username))
-            if wait > 0:
-                return Refusal("user", _seconds(wait), locked)
-        return None
+def _gate(record: Record, limit: int, limits: Limits, now: float) -> tuple[float, bool] | None:
+    """(seconds, locked) when this key refuses another attempt now, else None."""
+    if record.locked_until > now:
+        return record.locked_until - now, True
+    failures, pending = len(record.failures), len(record.pending)
+    if limit and failures + pending >= limit:
+        return 1.0, False  # every try it has left is under way
+    if limits.backoff > 0 and failures >= limits.free(limit):
+        if pending:
+            return 1.0, False  # one try at a time once failures pile up
+        if record.wait_until > now:
+            return record.wait_until - now, False
+    return None
 
-    async def failed(self, username: str, client: str | None, *, token: bool) -> list[str]:
-        """Count a failed sign-in; the scopes ("user", "address") that it just locked out."""
-        locked = []
-        _, address_locked = await self.addresses.failed(self.address_key(client))
-        if address_locked:
-            locked.append("address")
-        if not token and username:
-            _, user_locked = await self.users.failed(self.user_key(username))
-            if user_locked:
-                locked.append("user")
-        return locked
 
-    async def succeeded(self, username: str) -> None:
-        """A password was right: the user name starts afresh (the address does not)."""
-        await self.users.reset(self.user_key(username))
+def reserve(
+    limits: Limits, records: dict[Scope, Record], ticket: str, now: float
+) -> Refusal | None:
+    """Reserve one attempt against every record (changed in place), or say why not."""
+    for each in records.values():
+        _prune(each, now, limits.window)
+    for scope, limit in _gates(limits):
+        record = records.get(scope)
+        if record is not None:
+            refused = _gate(record, limit, limits, now)
+            if refused is not None:
+                return Refusal(scope, _seconds(refused[0]), refused[1])
+    user, account = records.get("user"), records.get("account")
+    if user is not None and account is not None and under_attack(limits, account):
+        # Under attack: one try per address. A clean address still gets its try.
+        if user.pending:
+            return Refusal("account", 1, False)
+        if user.failures:
+            return Refusal("account", _seconds(user.failures[-1] + limits.window - now), True)
+    for scope, _ in _gates(limits):
+        record = records.get(scope)
+        if record is not None:
+            record.pending[ticket] = now
+    return None
+
+
+def under_attack(limits: Limits, account: Record) -> bool:
+    """Whether a name failed from every address together often enough to be under attack."""
+    return bool(limits.account) and len(account.failures) >= limits.account
+
+
+def settle(
+    limits: Limits, records: dict[Scope, Record], ticket: str, outcome: Outcome, now: float
+) -> list[Scope]:
+    """Settle a reserved attempt (records changed in place); the lockouts it started."""
+    started: list[Scope] = []
+    for each in records.values():
+        each.pending.pop(ticket, None)
+        _prune(each, now, limits.window)
+    if outcome == "failed":
+        for scope, limit in _gates(limits):
+            record = records.get(scope)
+            if record is None:
+                continue
+            record.failures.append(now)
+            del record.failures[:-KEPT]
+            count = len(record.failures)
+            if limit and count >= limit:
+                record.failures.clear()  # a fresh count once the lockout ends
+                record.wait_until = 0.0
+                record.locked_until = now + limits.lockout
+                started.append(scope)
+            else:
+                record.wait_until = now + limits.wait_after(limit, count)
+        account = records.get("account")
+        if account is not None and limits.account:
+            before = under_attack(limits, account)
+            account.failures.append(now)
+            del account.failures[: -limits.account]
+            if not before and under_attack(limits, account):
+                started.append("account")
+    elif outcome == "succeeded":
+        user = records.get("user")
+        if user is not None:  # the name proved itself from this address: it starts afresh
+            user.failures.clear()
+            user.wait_until = 0.0
+    return started
+
+
+class LockStore(Protocol):
+    """Where the counts live. Each call is one atomic step (one round trip, at most)."""
+
+    async def reserve(self, keys: Keys, ticket: str) -> Refusal | None:
+        """Reserve an attempt under `ticket`, or the refusal that stops it."""
+        ...
+
+    async def settle(self, keys: Keys, ticket: str, outcome: Outcome) -> list[Scope]:
+        """Settle the attempt `ticket`; the lockouts a failure started."""
+        ...
+
+
+class MemoryLockStore:
+    """The counts of this process, for at most `size` keys (least recent dropped). Each call
+    runs without yielding, so it is atomic on the event loop."""
+
+    def __init__(
+        self, limits: Limits, size: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limits = limits
+        self.size = size
+        self._clock = clock
+        self._records: OrderedDict[str, Record] = OrderedDict()
+
+    def _records_of(self, keys: Keys) -> dict[Scope, Record]:
+        found: dict[Scope, Record] = {}
+        for scope, key in keys.scoped():
+            record = self._records.get(key)
+            if record is None:
+                record = self._records[key] = Record()
+            self._records.move_to_end(key)
+            found[scope] = record
+        while len(self._records) > self.size:
+            self._records.popitem(last=False)
+        return found
+
+    async def reserve(self, keys: Keys, ticket: str) -> Refusal | None:
+        return reserve(self.limits, self._records_of(keys), ticket, self._clock())
+
+    async def settle(self, keys: Keys, ticket: str, outcome: Outcome) -> list[Scope]:
+        return settle(self.limits, self._records_of(keys), ticket, outcome, self._clock())
+
+
+def _key(kind: str, value: str) -> str:
+    # Exact, bounded and opaque: any name fits a Redis or SQLite key, and none is stored.
+    data = value.encode("utf-8", "surrogatepass")
+    return f"{kind}:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
+
+
+def address_of(client: str | None) -> str:
+    """The address a client counts as: itself, or its /64 for IPv6."""
+    if not client:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)
+
+
+def keys_for(username: str | None, client: str | None) -> Keys:
+    """The keys of a sign-in as `username` from `client` (no name: a token, counted by
+    address only). Names are compared exactly as given: no case-folding, no stripping."""
+    address = address_of(client)
+    if username is None:
+        return Keys(_key("address", address))
+    return Keys(
+        _key("address", address),
+        _key("user", f"{username}\0{address}"),
+        _key("account", username),
+    )

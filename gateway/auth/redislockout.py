@@ -1,8 +1,11 @@
-"""Failure counts in Redis, shared by every replica (the same rules as the in-memory counter).
+"""Lockout counts in Redis, shared by every replica: the rules of gateway/auth/lockout.py in Lua.
 
-Each key has a sorted set of failure times (the sliding window), a lock key and a wait key
-that expire by themselves. One Lua script counts a failure atomically with Redis's own
-clock, so replicas whose clocks differ still agree.
+Per address or user key: a sorted set of failure times (the sliding window), a sorted set of
+attempts under way, and a lock key and a wait key that expire by themselves; per account, a
+sorted set of failure times. One script reserves an attempt and one settles it, each atomic
+and one round trip, with Redis's own clock, so replicas whose clocks differ still agree. If
+Redis is unreachable, sign-ins are not throttled (and the error is logged): an outage of the
+counter must not lock everyone out.
 """
 
 from __future__ import annotations
@@ -12,75 +15,186 @@ import logging
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.auth.lockout import Rules
+from gateway.auth.lockout import (
+    BACKOFF_CAP,
+    KEPT,
+    PENDING_TTL,
+    Keys,
+    Limits,
+    Outcome,
+    Refusal,
+    Scope,
+)
 
 log = logging.getLogger("registry_gateway.lockout")
 
-# KEYS: failures zset, lock key, wait key. ARGV: window ms, limit, lockout ms.
-# Returns {count, locked (0/1)}.
-_FAILED = """
+# Shared by both scripts. KEYS: address f, p, lock, wait; [user f, p, lock, wait; account f].
+# Times are milliseconds.
+_COMMON = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]))
-redis.call('ZADD', KEYS[1], now, now .. '-' .. redis.call('INCR', KEYS[1] .. ':seq'))
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-redis.call('PEXPIRE', KEYS[1] .. ':seq', ARGV[1])
-local count = redis.call('ZCARD', KEYS[1])
-local limit = tonumber(ARGV[2])
-if limit > 0 and count >= limit then
-  redis.call('DEL', KEYS[1], KEYS[3])
-  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-  return {count, 1}
+local groups = (#KEYS == 9) and 2 or 1
+local function prune(g, window, pending_ttl)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4 * g - 3], '-inf', now - window)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4 * g - 2], '-inf', now - pending_ttl)
 end
-return {count, 0}
 """
 
+# ARGV: ticket, window, pending ttl, backoff (ms), account limit, then limit and free per group.
+# Returns {0} when reserved, else {scope (1 address, 2 user, 3 account), retry ms, locked}.
+_RESERVE = (
+    _COMMON
+    + """
+local ticket, window, pending_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local backoff, account_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+for g = 1, groups do
+  prune(g, window, pending_ttl)
+  local limit, free = tonumber(ARGV[4 + 2 * g]), tonumber(ARGV[5 + 2 * g])
+  local locked = redis.call('PTTL', KEYS[4 * g - 1])
+  if locked > 0 then return {g, locked, 1} end
+  local failures = redis.call('ZCARD', KEYS[4 * g - 3])
+  local pending = redis.call('ZCARD', KEYS[4 * g - 2])
+  if limit > 0 and failures + pending >= limit then return {g, 1000, 0} end
+  if backoff > 0 and failures >= free then
+    if pending > 0 then return {g, 1000, 0} end
+    local waiting = redis.call('PTTL', KEYS[4 * g])
+    if waiting > 0 then return {g, waiting, 0} end
+  end
+end
+if groups == 2 and account_limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', now - window)
+  if redis.call('ZCARD', KEYS[9]) >= account_limit then
+    if redis.call('ZCARD', KEYS[6]) > 0 then return {3, 1000, 0} end
+    local newest = redis.call('ZRANGE', KEYS[5], -1, -1, 'WITHSCORES')
+    if newest[2] then return {3, tonumber(newest[2]) + window - now, 1} end
+  end
+end
+for g = 1, groups do
+  redis.call('ZADD', KEYS[4 * g - 2], now, ticket)
+  redis.call('PEXPIRE', KEYS[4 * g - 2], pending_ttl)
+end
+return {0}
+"""
+)
 
-class RedisFailureCounter:
-    """`FailureCounter` in Redis. If Redis is unreachable, sign-ins are not throttled (and the
-    failure is logged): an outage of the counter must not lock everyone out."""
+# ARGV: ticket, outcome (failed, succeeded, uncounted), window, pending ttl, lockout, backoff,
+# backoff cap (ms), account limit, kept, then limit and free per group.
+# Returns the scopes whose lockout this failure started (1 address, 2 user, 3 account).
+_SETTLE = (
+    _COMMON
+    + """
+local ticket, outcome, window = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local pending_ttl, lockout = tonumber(ARGV[4]), tonumber(ARGV[5])
+local backoff, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local account_limit, kept = tonumber(ARGV[8]), tonumber(ARGV[9])
+local started = {}
+for g = 1, groups do
+  redis.call('ZREM', KEYS[4 * g - 2], ticket)
+  prune(g, window, pending_ttl)
+end
+if outcome == 'failed' then
+  for g = 1, groups do
+    local f, lock, wait = KEYS[4 * g - 3], KEYS[4 * g - 1], KEYS[4 * g]
+    local limit, free = tonumber(ARGV[8 + 2 * g]), tonumber(ARGV[9 + 2 * g])
+    redis.call('ZADD', f, now, now .. '-' .. ticket)
+    redis.call('ZREMRANGEBYRANK', f, 0, -(kept + 1))
+    redis.call('PEXPIRE', f, window)
+    local count = redis.call('ZCARD', f)
+    if limit > 0 and count >= limit then
+      redis.call('DEL', f, wait)
+      if lockout > 0 then redis.call('SET', lock, '1', 'PX', lockout) end
+      started[#started + 1] = g
+    elseif backoff > 0 and count >= free then
+      local pause = math.floor(math.min(cap, backoff * 2 ^ math.min(count - free, 64)))
+      if pause > 0 then redis.call('SET', wait, '1', 'PX', pause) end
+    end
+  end
+  if groups == 2 and account_limit > 0 then
+    local a = KEYS[9]
+    redis.call('ZREMRANGEBYSCORE', a, '-inf', now - window)
+    local before = redis.call('ZCARD', a)
+    redis.call('ZADD', a, now, now .. '-' .. ticket)
+    redis.call('ZREMRANGEBYRANK', a, 0, -(account_limit + 1))
+    redis.call('PEXPIRE', a, window)
+    if before < account_limit and redis.call('ZCARD', a) >= account_limit then
+      started[#started + 1] = 3
+    end
+  end
+elseif outcome == 'succeeded' and groups == 2 then
+  redis.call('DEL', KEYS[5], KEYS[8])
+end
+return started
+"""
+)
 
-    def __init__(self, client: aioredis.Redis[bytes], rules: Rules, prefix: str) -> None:
+_SCOPES: dict[int, Scope] = {1: "address", 2: "user", 3: "account"}
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisLockStore:
+    """`LockStore` in Redis, shared by every replica that uses the same server and service."""
+
+    def __init__(self, client: aioredis.Redis[bytes], limits: Limits, prefix: str) -> None:
         self.client = client
-        self.rules = rules
+        self.limits = limits
         self.prefix = prefix
-        self._failed = client.register_script(_FAILED)
+        self._reserve = client.register_script(_RESERVE)
+        self._settle = client.register_script(_SETTLE)
 
-    def _keys(self, key: str) -> tuple[str, str, str]:
-        base = f"{self.prefix}{key}"
-        return f"{base}:failures", f"{base}:lock", f"{base}:wait"
+    def _keys(self, keys: Keys) -> list[str]:
+        names = []
+        for scope, key in keys.scoped():
+            base = f"{self.prefix}{key}"
+            if scope == "account":
+                names.append(f"{base}:failures")
+            else:
+                names += [f"{base}:failures", f"{base}:pending", f"{base}:lock", f"{base}:wait"]
+        return names
 
-    async def retry_after(self, key: str) -> tuple[float, bool]:
-        _, lock, wait = self._keys(key)
+    def _per_group(self) -> list[int]:
+        limits = self.limits
+        return [
+            limits.address,
+            limits.free(limits.address),
+            limits.user,
+            limits.free(limits.user),
+        ]
+
+    async def reserve(self, keys: Keys, ticket: str) -> Refusal | None:
+        limits = self.limits
+        args: list[str | int] = [
+            ticket,
+            _ms(limits.window),
+            _ms(PENDING_TTL),
+            int(limits.backoff * 1000),
+        ]
+        args += [limits.account, *self._per_group()]
         try:
-            locked_ms, wait_ms = await self.client.pttl(lock), await self.client.pttl(wait)
+            answer = await self._reserve(keys=self._keys(keys), args=args)
         except RedisError as exc:
-            log.error("lockout store unreachable: %s", exc, extra={"event": "lockout_store_down"})
-            return 0.0, False
-        if locked_ms > 0:
-            return locked_ms / 1000, True
-        return max(0.0, wait_ms / 1000), False
+            _unreachable(exc)
+            return None
+        if not answer or int(answer[0]) == 0:
+            return None
+        scope, retry_ms, locked = (int(part) for part in answer[:3])
+        return Refusal(_SCOPES[scope], max(1, -(-retry_ms // 1000)), bool(locked))
 
-    async def failed(self, key: str) -> tuple[float, bool]:
-        failures, lock, wait = self._keys(key)
-        window_ms = max(1, int(self.rules.window * 1000))
-        lockout_ms = max(1, int(self.rules.lockout * 1000))
+    async def settle(self, keys: Keys, ticket: str, outcome: Outcome) -> list[Scope]:
+        limits = self.limits
+        cap = min(BACKOFF_CAP, limits.lockout) if limits.lockout > 0 else BACKOFF_CAP
+        args: list[str | int] = [ticket, outcome, _ms(limits.window), _ms(PENDING_TTL)]
+        args += [int(limits.lockout * 1000), int(limits.backoff * 1000), _ms(cap)]
+        args += [limits.account, KEPT, *self._per_group()]
         try:
-            count, locked = await self._failed(
-                keys=[failures, lock, wait], args=[window_ms, self.rules.failures, lockout_ms]
-            )
-            if locked:
-                return self.rules.lockout, True
-            pause = self.rules.wait_after(int(count))
-            if pause > 0:
-                await self.client.set(wait, "1", px=max(1, int(pause * 1000)))
-            return pause, False
+            started = await self._settle(keys=self._keys(keys), args=args)
         except RedisError as exc:
-            log.error("lockout store unreachable: %s", exc, extra={"event": "lockout_store_down"})
-            return 0.0, False
+            _unreachable(exc)
+            return []
+        return [_SCOPES[int(scope)] for scope in started]
 
-    async def reset(self, key: str) -> None:
-        try:
-            await self.client.delete(*self._keys(key))
-        except RedisError as exc:
-            log.error("lockout store unreachable: %s", exc, extra={"event": "lockout_store_down"})
+
+def _unreachable(exc: RedisError) -> None:
+    log.error("lockout store unreachable: %s", exc, extra={"event": "lockout_store_down"})

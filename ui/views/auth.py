@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from gateway import metrics
 from gateway.auth.identity import AuthenticationFailed
 from ui.session import Session, csrf_matches, new_session
 from ui.site import Site, Viewer, local_path, retry_after
@@ -38,6 +39,8 @@ async def login(site: Site, request: Request, viewer: Viewer) -> Response:
     except AuthenticationFailed as exc:
         wait = retry_after(exc)
         status = 401 if wait is None else 429
+        if wait is not None:
+            metrics.LOCKOUTS.inc()
         site.services.audit.write(
             {
                 "event": "ui_login",
