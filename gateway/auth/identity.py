@@ -267,7 +267,8 @@ class Authenticator:
     def generation(self) -> tuple[int, str | None]:
         """Changes whenever an answer given to right credentials may no longer be given again
         without checking: a counted failure (it may have started a lockout), a try refused by
-        a lockout (it may have been right) or a new htpasswd file. The token endpoint replays recent answers only within one generation."""
+        a lockout (it may have been right) or a new htpasswd file. The token endpoint replays
+        recent answers only within one generation."""
         htpasswd = self.htpasswd
         return (self._generation, htpasswd.entries.revision if htpasswd is not None else None)
 
