@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from time import monotonic
 from typing import Any
 
 import httptools
@@ -74,7 +75,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.max_connections = limits.connections
         self.limit_concurrency = None  # uvicorn's check answers in plain text: ours in JSON
         self._in_head = False  # between a head's first byte and its end
-        self._head_started = 0.0  # loop time of that first byte (of the connection, at first)
+        self._head_started = 0.0  # monotonic() at that first byte (of the connection, at first)
         self._head_bytes = 0  # bytes of the head, from the read after the one it began in
         self._begin_read = 0  # the size of the read it began in (some of which was the head)
         self._read = 0  # the size of the read being parsed
@@ -84,7 +85,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start_head(begin_read=0)
+        self._in_head = True  # the first head starts with the connection
+        self._head_started = monotonic()
         if self.header_timeout > 0:
             _watch(self.server_state, self.loop, self.header_timeout)
 
@@ -116,21 +118,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # long was refused by `on_url` as it arrived.)
             self._refuse(431, refusal(431, "max_header_bytes", self.max_head))
 
-    def _start_head(self, begin_read: int) -> None:
-        self._in_head = True
-        self._head_started = self.loop.time()
-        self._head_bytes = 0
-        self._begin_read = begin_read
-
     # -- parser callbacks ----------------------------------------------------------------
 
+    # Called for every request: uvicorn's methods are called directly (not through super())
+    # and on_url is inlined, each a fraction of a microsecond saved.
+
     def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if not self._in_head:  # the next request on this connection
-            self._start_head(begin_read=self._read)
+        HttpToolsProtocol.on_message_begin(self)
+        if not self._in_head:  # the next request on this connection: its head starts now
+            self._in_head = True
+            self._head_started = monotonic()
+            self._head_bytes = 0
+            self._begin_read = self._read
 
     def on_url(self, url: bytes) -> None:
-        super().on_url(url)
+        self.url += url  # uvicorn's on_url
         if len(self.url) > self.max_head:
             raise _Refused(414, "max_header_bytes", self.max_head)
 
@@ -143,7 +145,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             raise _Refused(431, "max_header_bytes", self.max_head)
         if len(self.connections) > self.max_connections or len(self.tasks) >= self.max_connections:
             raise _Refused(503, "max_connections", self.max_connections)
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def _head_size(self) -> int:
         """The head's size as `METHOD URL HTTP/1.1` and `name: value` lines, CRLF-ended."""
@@ -205,7 +207,7 @@ def _watch(state: ServerState, loop: asyncio.AbstractEventLoop, timeout: float) 
     interval = min(1.0, timeout / 4)
 
     def sweep() -> None:
-        now = loop.time()
+        now = monotonic()
         for connection in list(state.connections):
             if isinstance(connection, LimitedHttpToolsProtocol):
                 connection.check_head_deadline(now)
