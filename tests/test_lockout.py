@@ -278,8 +278,20 @@ def test_the_floor_is_the_slowest_kind_of_hash_in_use() -> None:
     assert run(value({"bcrypt:4"})) == 0.05  # the setting is the least floor
     assert run(value({"bcrypt:4", "argon2id:65536,3,4"})) == pytest.approx(0.1 * MARGIN + 0.01)
     assert run(value({"bcrypt:12", "bcrypt:4"})) == pytest.approx(0.2 * MARGIN + 0.01)
-    floor.ldap_bind(0.5)
-    assert run(value(set())) == pytest.approx(0.5 * MARGIN + 0.01)
+
+
+def test_the_floor_follows_slow_checks_and_comes_back_down() -> None:
+    clock = Clock()
+    floor = FailureFloor(measure={"bcrypt:12": 0.2}.__getitem__, clock=clock)
+
+    async def value() -> float:
+        floor.notice({"bcrypt:12"})
+        return await floor.value()
+
+    floor.checked(0.5)  # a check that took this long: a slow directory, a loaded machine
+    assert run(value()) == pytest.approx(0.5 * MARGIN + 0.01)
+    clock.now += 61
+    assert run(value()) == pytest.approx(0.2 * MARGIN + 0.01)
 
 
 # -- the Authenticator ------------------------------------------------------------------------
@@ -495,6 +507,25 @@ def test_every_failure_waits_for_the_floor_and_nothing_else_does() -> None:
     assert isinstance(sign_in(auth, policy, "bob", BOB, "10.0.0.9"), Identity)
     assert isinstance(sign_in(auth, policy, "ci-deploy", ROBOT, "10.0.0.9"), Identity)
     assert time.monotonic() - started < floor
+
+
+def test_a_check_slower_than_measured_raises_the_floor_for_every_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loaded machine: a real check takes longer than its kind measured, and an unknown name's
+    failure keeps up with it."""
+    policy, auth = engine(), authenticator(user=50, address=50)
+    real = identity_module.verify_password
+
+    def slow(password: str, stored: str) -> bool:
+        time.sleep(0.1)
+        return real(password, stored)
+
+    monkeypatch.setattr(identity_module, "verify_password", slow)
+    assert type(sign_in(auth, policy, "bob", "guess", "10.0.0.9")) is AuthenticationFailed
+    started = time.monotonic()
+    assert type(sign_in(auth, policy, "nobody", "guess", "10.0.0.9")) is AuthenticationFailed
+    assert time.monotonic() - started >= 0.1 * MARGIN
 
 
 def test_the_floor_measures_the_hashes_the_policy_holds() -> None:

@@ -8,9 +8,10 @@ the dummy hash it replaces.
 
 What a check costs depends on the kind of stored hash (bcrypt and its cost, argon2id and its
 parameters), so each kind the live policy and htpasswd file hold is measured once, in a
-thread, the first time it is seen; LDAP binds are timed as they happen (the slowest of the
-last `LDAP_SAMPLES`). The floor is the slowest of these times `MARGIN`, plus `SLACK`, and
-never less than the `signin_failure_floor` setting.
+thread, the first time it is seen. Checks are also timed as they happen, hashes and LDAP binds
+alike, waiting for a thread included (the slowest of the last `SAMPLES` within `RECENT`
+seconds), so the floor follows a loaded machine or a slow directory, and comes back down. The floor is the slowest of these times `MARGIN`, plus
+`SLACK`, and never less than the `signin_failure_floor` setting.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from argon2.exceptions import Argon2Error
 
 MARGIN = 1.25  # the floor over the slowest check measured: room for scheduling noise
 SLACK = 0.01  # seconds added on top
-LDAP_SAMPLES = 64  # LDAP binds remembered for their duration
+SAMPLES = 64  # checks remembered for how long they took ...
+RECENT = 60.0  # ... for at most this many seconds
 _BCRYPT = re.compile(r"\$2[abxy]?\$(\d\d)\$")
 _ARGON2 = re.compile(r"\$argon2id\$v=(\d+)\$m=(\d+),t=(\d+),p=(\d+)\$")
 
@@ -71,13 +73,20 @@ def measure(kind: str) -> float:
 class FailureFloor:
     """The least time a failed sign-in takes, kept at the slowest check this process makes."""
 
-    def __init__(self, minimum: float = 0.0, *, measure: Callable[[str], float] = measure) -> None:
+    def __init__(
+        self,
+        minimum: float = 0.0,
+        *,
+        measure: Callable[[str], float] = measure,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.minimum = minimum
         self._measure = measure
+        self.clock = clock  # monotonic seconds: when a sign-in started, when a check ended
         self._costs: dict[str, float] = {}
         self._measuring: dict[str, asyncio.Future[float]] = {}
         self._kinds: frozenset[str] = frozenset()
-        self._ldap: deque[float] = deque(maxlen=LDAP_SAMPLES)
+        self._checks: deque[tuple[float, float]] = deque(maxlen=SAMPLES)  # (when, seconds)
 
     def notice(self, kinds: Iterable[str]) -> None:
         """The kinds of hash the live policy and htpasswd file hold; new kinds are measured
@@ -106,9 +115,9 @@ class FailureFloor:
         self._measuring.pop(kind, None)
         return cost
 
-    def ldap_bind(self, seconds: float) -> None:
-        """How long an LDAP bind (right or wrong, not an outage) took."""
-        self._ldap.append(seconds)
+    def checked(self, seconds: float) -> None:
+        """How long a check took: a hash, or an LDAP bind (right or wrong, not an outage)."""
+        self._checks.append((self.clock(), seconds))
 
     async def value(self) -> float:
         """The floor now, in seconds (waits for kinds still being measured)."""
@@ -118,12 +127,15 @@ class FailureFloor:
             if cost is None:
                 cost = await asyncio.shield(self._measurement(kind))
             costs.append(cost)
-        costs.extend(self._ldap)
+        recent = self.clock() - RECENT
+        while self._checks and self._checks[0][0] < recent:
+            self._checks.popleft()
+        costs.extend(seconds for _, seconds in self._checks)
         slowest = max(costs, default=0.0)
         return max(self.minimum, slowest * MARGIN + SLACK if slowest else 0.0)
 
     async def wait(self, started: float) -> None:
-        """Sleep until the floor has passed since `started` (time.monotonic())."""
-        delay = started + await self.value() - time.monotonic()
+        """Sleep until the floor has passed since `started` (on the floor's clock)."""
+        delay = started + await self.value() - self.clock()
         if delay > 0:
             await asyncio.sleep(delay)

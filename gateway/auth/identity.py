@@ -283,7 +283,7 @@ class Authenticator:
         must wait; AuthenticationFailed when the credentials are wrong (or the only backend
         that could check them is down), never sooner than the failure floor after the call.
         """
-        started = time.monotonic()
+        started = self.floor.clock()
         try:
             return await self._sign_in(engine, username, password, client)
         except TooManyAttempts:
@@ -478,30 +478,30 @@ class Authenticator:
 
     async def _check_hash(self, backend: str, username: str, password: str, stored: str) -> bool:
         async def check() -> bool:
-            return await anyio.to_thread.run_sync(
+            started = time.perf_counter()
+            right = await anyio.to_thread.run_sync(
                 verify_password, password, stored, limiter=self._hash_threads
             )
+            self.floor.checked(time.perf_counter() - started)  # the floor follows the load
+            return right
 
         return bool(await self._once(backend, username, password, stored, check))
 
     async def _ldap(self, engine: Engine, username: str, password: str) -> Identity:
         assert self.ldap is not None
-        ldap, floor = self.ldap, self.floor
-
-        def timed() -> LdapUser:
-            started = time.perf_counter()
-            outage = False
-            try:
-                return ldap.authenticate(username, password)
-            except LdapUnavailable:
-                outage = True
-                raise
-            finally:
-                if not outage:  # the floor follows how long the directory takes to answer
-                    floor.ldap_bind(time.perf_counter() - started)
+        ldap = self.ldap
 
         async def bind() -> LdapUser:
-            return await anyio.to_thread.run_sync(timed, limiter=self._ldap_threads)
+            started = time.perf_counter()
+            try:
+                found: LdapUser = await anyio.to_thread.run_sync(
+                    ldap.authenticate, username, password, limiter=self._ldap_threads
+                )
+            except LdapRejected:
+                self.floor.checked(time.perf_counter() - started)
+                raise
+            self.floor.checked(time.perf_counter() - started)  # how long the directory takes
+            return found
 
         try:
             found: LdapUser = await self._once("ldap", username, password, "", bind)
