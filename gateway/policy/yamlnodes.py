@@ -57,6 +57,8 @@ def compose(text: str, filename: str) -> Node | SyntaxProblem | None:
         return SyntaxProblem(Location(filename, line, column), f"invalid YAML: {what}")
     except yaml.YAMLError as exc:
         return SyntaxProblem(Location(filename, 1, 1), f"invalid YAML: {exc}")
+    except UnicodeEncodeError as exc:  # a lone surrogate: text no file read as UTF-8 can hold
+        return SyntaxProblem(Location(filename, 1, 1), f"not valid text at character {exc.start}")
 
 
 def location(node: Node, filename: str) -> Location:
