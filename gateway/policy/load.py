@@ -148,7 +148,9 @@ def content_digest(texts: Mapping[str, str], base: Path | None = None) -> str:
     digest = hashlib.sha256()
     for name in sorted(texts):
         relative = str(Path(name).relative_to(base)) if base is not None else name
-        digest.update(relative.encode() + b"\0" + texts[name].encode() + b"\0")
+        # surrogatepass: a text with a lone surrogate still has a revision, and is refused later.
+        text = texts[name].encode("utf-8", "surrogatepass")
+        digest.update(relative.encode("utf-8", "surrogatepass") + b"\0" + text + b"\0")
     return digest.hexdigest()[:12]
 
 
