@@ -55,14 +55,14 @@ def sign_in_status(services: Services) -> dict[str, Any]:
 
 
 def error_summary(error: str | None) -> str | None:
-    """A rejection's first location (`file:line:column`) and how many problems there were;
-    none of the files' text (a message may quote a key or a value)."""
+    """Where a rejection's problems are (`file:line:column`, the first five places) and how
+    many there were; none of the files' text (a message may quote a key or a value)."""
     if not error:
         return error
     lines = [line for line in error.splitlines() if line.strip()]
-    where = lines[0].split(": ", 1)[0] if ": " in lines[0] else "the policy"
-    more = f" and {len(lines) - 1} more" if len(lines) > 1 else ""
+    places = list(dict.fromkeys(line.split(": ", 1)[0] for line in lines if ": " in line))
+    shown = ", ".join(places[:5]) + (f" and {len(places) - 5} more" if len(places) > 5 else "")
     return (
-        f"policy rejected: a problem at {where}{more}; the server log has them all, "
-        "and so has the Status page for admins"
+        f"policy rejected: {len(lines)} problem(s) at {shown or 'the policy'}; the server log "
+        "has them all, and so has the Status page for admins"
     )
