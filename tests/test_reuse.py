@@ -45,17 +45,29 @@ def reuse(clock: FakeClock) -> Reuse:
     return Reuse(window=WINDOW, auth_cache_ttl=AUTH_TTL, clock=clock)
 
 
-def answer(clock: FakeClock, method: str, *, refresh: bool = False) -> TokenAnswer:
+def answer(
+    clock: FakeClock, method: str, *, refresh: bool = False, vouched: float | None = None
+) -> TokenAnswer:
     signed = SignedToken(
         "a.b.c", 300, "2026-12-02T00:00:00Z", clock.time(), (("repository", "x", ("pull",)),)
     )
     extra = {"refresh_token": "r"} if refresh else None
-    return issued(signed, [Scope("repository", "x", ("pull",))], {}, method, extra=extra)
+    if vouched is None and method in ("password", "htpasswd", "ldap"):
+        vouched = clock.now + 3600  # the verified-credential cache vouches for a long while
+    scopes = [Scope("repository", "x", ("pull",))]
+    return issued(signed, scopes, {}, method, extra=extra, vouched_until=vouched)
 
 
-def kept(reuse: Reuse, clock: FakeClock, method: str, **kwargs: bool) -> TokenAnswer:
+def kept(
+    reuse: Reuse,
+    clock: FakeClock,
+    method: str,
+    *,
+    refresh: bool = False,
+    vouched: float | None = None,
+) -> TokenAnswer:
     """An answer offered twice (answers are kept from the second sighting on)."""
-    made = answer(clock, method, **kwargs)
+    made = answer(clock, method, refresh=refresh, vouched=vouched)
     reuse.keep_answer((b"q", b"d"), made, COND)
     reuse.keep_answer((b"q", b"d"), made, COND)
     return made
@@ -112,7 +124,8 @@ def test_slow_sign_ins_are_replayed_only_within_the_auth_cache_ttl(
     reuse: Reuse, clock: FakeClock, method: str
 ) -> None:
     made = kept(reuse, clock, method)
-    reuse.keep_sign_in(b"digest", Identity(Subject("user", "bob"), method), "bob", COND)
+    identity = Identity(Subject("user", "bob"), method, vouched_until=clock.now + 3600)
+    reuse.keep_sign_in(b"digest", identity, "bob", COND)
     clock.now += AUTH_TTL - 0.5
     assert reuse.answer((b"q", b"d"), COND) is made
     assert reuse.sign_in(b"digest", COND) is not None
@@ -163,3 +176,53 @@ def test_the_real_clock_finds_the_next_midnight_once() -> None:
     midnight = clock.next_midnight(now)
     assert now < midnight <= now + 86400 + 3600  # a day, give or take a DST change
     assert clock.next_midnight(now + 1) == midnight
+
+
+@pytest.mark.parametrize("method", ["password", "htpasswd", "ldap"])
+def test_a_slow_sign_in_stands_no_longer_than_its_verification_is_vouched_for(
+    reuse: Reuse, clock: FakeClock, method: str
+) -> None:
+    # Taken from a verified-credential entry that expires in 2 s: neither the remembered
+    # sign-in nor the answer may outlive it, though the auth-cache TTL would allow 5 s.
+    made = kept(reuse, clock, method, vouched=clock.now + 2)
+    identity = Identity(Subject("user", "leo"), method, vouched_until=clock.now + 2)
+    reuse.keep_sign_in(b"digest", identity, "leo", COND)
+    clock.now += 1.5
+    assert reuse.answer((b"q", b"d"), COND) is made
+    assert reuse.sign_in(b"digest", COND) is not None
+    clock.now += 1
+    assert reuse.answer((b"q", b"d"), COND) is None
+    assert reuse.sign_in(b"digest", COND) is None
+
+
+def test_a_slow_sign_in_nothing_vouches_for_is_not_kept(reuse: Reuse, clock: FakeClock) -> None:
+    reuse.keep_sign_in(b"digest", Identity(Subject("user", "bob"), "password"), "bob", COND)
+    assert reuse.sign_in(b"digest", COND) is None
+
+
+def test_a_sign_in_from_the_verification_cache_is_vouched_only_until_its_entry_expires() -> None:
+    """The bug behind issue 13's item 4: a remembered sign-in re-created from a cache entry
+    about to expire lived a whole TTL longer. The identity now carries the entry's expiry."""
+    import asyncio
+
+    import bcrypt
+
+    from gateway.auth.identity import Authenticator
+    from gateway.auth.verifycache import VerificationCache
+    from gateway.policy.engine import Engine
+    from gateway.policy.load import load_texts
+
+    stored = bcrypt.hashpw(b"leo-password", bcrypt.gensalt(4)).decode()
+    policy = load_texts({"people.yaml": f"users:\n  leo:\n    password: '{stored}'\n"}).policy
+    engine = Engine(policy)
+    now = [100.0]
+    authenticator = Authenticator(cache=VerificationCache(30, clock=lambda: now[0]))
+
+    async def sign_in() -> Identity:
+        return await authenticator.password(engine, "leo", "leo-password", client="127.0.0.1")
+
+    fresh = asyncio.run(sign_in())
+    assert fresh.vouched_until == 130.0  # checked now: vouched for the whole TTL
+    now[0] = 125.0
+    cached = asyncio.run(sign_in())
+    assert cached.vouched_until == 130.0  # from the entry: not 155

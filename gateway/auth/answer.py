@@ -55,6 +55,7 @@ class TokenAnswer(NamedTuple):
     decisions: str  # per requested resource, one of metrics.DECISION_CODES
     method: str  # how the caller signed in ("" when it did not get that far)
     refresh_token: bool = False  # the body carries a refresh token: never replayed
+    vouched_until: float | None = None  # a slow sign-in's bound (Identity.vouched_until)
 
     def body(self, now: float) -> bytes:
         if self.signed is None:
@@ -77,6 +78,7 @@ def issued(
     method: str,
     *,
     extra: dict[str, str] | None = None,
+    vouched_until: float | None = None,
 ) -> TokenAnswer:
     """A 200 with the signed token; `extra` fields (refresh_token, scope) follow `issued_at`."""
     # A JWS compact token is base64url and dots: nothing in it needs JSON escaping.
@@ -107,6 +109,7 @@ def issued(
         decisions=codes,
         method=method,
         refresh_token=bool(extra and "refresh_token" in extra),
+        vouched_until=vouched_until,
     )
 
 

@@ -23,6 +23,7 @@ checked first and counted only when wrong.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -79,6 +80,9 @@ class Identity:
     fingerprint: str | None = None  # ties refresh tokens to the credential they came from
     actions: frozenset[str] | None = None  # a personal access token's cap (None: no cap)
     via: str | None = None  # for refresh tokens: "htpasswd", "ldap", "token:NAME" or None
+    # For a slow sign-in (hash, LDAP): when the verified-credential cache stops vouching for
+    # it (time.monotonic()). Nothing built on this sign-in may outlive it (gateway/auth/reuse.py).
+    vouched_until: float | None = None
 
     @property
     def refreshable(self) -> bool:
@@ -464,7 +468,8 @@ class Authenticator:
             if not await self._check_hash(backend, username, password, target.stored):
                 suffix = "" if target.backend == "password" else " (htpasswd)"
                 raise AuthenticationFailed("wrong password" + suffix, username)
-            return self._hash_identity(target, username)
+            until = self.cache.expires(backend, username, password, target.stored)
+            return dataclasses.replace(self._hash_identity(target, username), vouched_until=until)
         if target.backend == "ldap":
             return await self._ldap(engine, username, password)
         raise AuthenticationFailed(target.reason, username)
@@ -509,7 +514,10 @@ class Authenticator:
             raise AuthenticationFailed(f"LDAP: {exc}", username) from None
         except LdapUnavailable as exc:
             raise AuthenticationFailed(str(exc), username, counts=False) from None
-        return self._ldap_identity(engine, username, found)
+        until = self.cache.expires("ldap", username, password, "")
+        return dataclasses.replace(
+            self._ldap_identity(engine, username, found), vouched_until=until
+        )
 
     def _ldap_identity(self, engine: Engine, username: str, found: LdapUser) -> Identity:
         policy = engine.policy

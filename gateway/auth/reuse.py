@@ -96,13 +96,18 @@ class Reuse:
 
     # -- the rule ----------------------------------------------------------------------
 
-    def deadline(self, method: str, age: float = 0.0) -> float:
+    def deadline(self, method: str, age: float = 0.0, vouched_until: float | None = None) -> float:
         """Until when something made for a sign-in by `method` (and `age` seconds old) may
-        stand, on the monotonic clock; now or earlier: not at all."""
+        stand, on the monotonic clock; now or earlier: not at all. A slow sign-in stands no
+        longer than the verified-credential cache vouches for it (`vouched_until`), so a
+        sign-in taken from an entry about to expire is not remembered past its expiry."""
         now = self.clock.monotonic()
         lifetime = self.window - age
         if method in REUSE_WITH_AUTH_CACHE:
             lifetime = min(lifetime, self.auth_cache_ttl)
+            if vouched_until is None:
+                return now  # nothing vouches for it (the cache is off): not kept
+            lifetime = min(lifetime, vouched_until - now)
         elif method not in REUSE_ALWAYS:
             return now
         return min(now + lifetime, self.clock.next_midnight(now))
@@ -158,7 +163,8 @@ class Reuse:
             self._seen.put(key, None)
             return
         age = self.clock.time() - signed.minted
-        self._put(self._answers, key, conditions, self.deadline(answer.method, age), answer)
+        deadline = self.deadline(answer.method, age, answer.vouched_until)
+        self._put(self._answers, key, conditions, deadline, answer)
 
     # -- sign-ins ----------------------------------------------------------------------
 
@@ -174,7 +180,7 @@ class Reuse:
             self._sign_ins,
             digest,
             conditions,
-            self.deadline(identity.method),
+            self.deadline(identity.method, vouched_until=identity.vouched_until),
             (identity, username),
         )
 

@@ -112,7 +112,14 @@ class TokenService:
                 extra["scope"] = signed.scope()
                 if request.credentials.kind == "refresh_token":
                     extra["refresh_token"] = request.credentials.secret
-            return issued(signed, scopes, record, identity.method, extra=extra)
+            return issued(
+                signed,
+                scopes,
+                record,
+                identity.method,
+                extra=extra,
+                vouched_until=identity.vouched_until,
+            )
         except BadRequest as exc:
             record["error"] = exc.message
             return refused(exc.status, "rejected", exc.code, exc.message, record)

@@ -58,6 +58,14 @@ class VerificationCache:
         self._items.move_to_end(key)
         return payload
 
+    def expires(self, backend: str, username: str, password: str, stamp: str = "") -> float | None:
+        """When the entry for these credentials stops vouching for them (on this cache's
+        clock); None when there is none."""
+        if not self.enabled:
+            return None
+        item = self._items.get(self._digest(backend, username, password, stamp))
+        return item[0] if item is not None else None
+
     def put(
         self, backend: str, username: str, password: str, stamp: str = "", payload: Any = True
     ) -> None:
