@@ -50,3 +50,32 @@ def test_two_workers_both_follow_a_revoking_commit(
         assert "index.lock" not in gateway.logs()
     finally:
         gateway.stop()
+
+
+def test_a_rejected_commit_is_tried_once_until_the_branch_moves(
+    tmp_path: Path, remote: tuple[Path, Path]
+) -> None:
+    bare, work = remote
+    gateway = start_gateway(
+        tmp_path / "gw",
+        args=[
+            "--policy-git",
+            f"file://{bare}",
+            "--policy-branch",
+            "main",
+            "--policy-path",
+            "policies",
+            "--poll-interval",
+            "0.3s",
+        ],
+    )
+    try:
+        (work / "policies" / "teams.yaml").write_text("teams: [\n")
+        commit_and_push(work, "broken")
+        time.sleep(3)  # about ten polls of the same rejected commit
+        rejected = gateway.logs().count('"event":"policy_rejected"')
+        assert rejected == 1, f"the rejected commit was parsed {rejected} times"
+        health = httpx.get(f"{gateway.url}/healthz", timeout=30).json()
+        assert health["status"] == "degraded" and health["newest"] != health["revision"]
+    finally:
+        gateway.stop()
