@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from starlette.responses import JSONResponse
-from starlette.types import Message, Receive, Send
+from starlette.types import Receive, Send
 
 JSON_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-type", b"application/json"),
@@ -62,11 +62,6 @@ async def send_internal_error(send: Send, request_id: str) -> None:
     # RuntimeError: the response had already started; the server closes the connection.
     with contextlib.suppress(RuntimeError):
         await send_json(send, 500, body, ((b"x-request-id", request_id.encode()),))
-
-
-async def disconnected() -> Message:
-    """An ASGI `receive` for answers that never read the request body."""
-    return {"type": "http.disconnect"}
 
 
 class BodyTooLarge(Exception):

@@ -188,6 +188,16 @@ def remote(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     yield bare, work
 
 
+def git_source(bare: Path, poll: str = "1s") -> list[str]:
+    """The flags of a gateway that follows branch main of the test remote's policies/."""
+    return [
+        "--policy-git", f"file://{bare}",
+        "--policy-branch", "main",
+        "--policy-path", "policies",
+        "--poll-interval", poll,
+    ]  # fmt: skip
+
+
 def commit_and_push(work: Path, message: str, *, force: bool = False) -> str:
     git(work, "add", "-A")
     git(work, "commit", "-qm", message)
@@ -225,16 +235,7 @@ def test_git_branch_is_followed_and_broken_pushes_are_not(
     first = git(work, "rev-parse", "HEAD")[:12]
     gateway = start_gateway(
         tmp_path / "gw",
-        args=[
-            "--policy-git",
-            f"file://{bare}",
-            "--policy-branch",
-            "main",
-            "--policy-path",
-            "policies",
-            "--poll-interval",
-            "1s",
-        ],
+        args=git_source(bare),
         env={"REGISTRY_GATEWAY_RELOAD_SECRET": "hook-secret-for-tests"},
     )
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.realworld.test_reload import bob_push, commit_and_push, demote_bob, remote
+from tests.realworld.test_reload import bob_push, commit_and_push, demote_bob, git_source, remote
 from tests.support.gateway import start_gateway
 
 __all__ = ["remote"]  # the fixture, shared with test_reload
@@ -20,18 +20,7 @@ def test_two_workers_both_follow_a_revoking_commit(
     bare, work = remote
     gateway = start_gateway(
         tmp_path / "gw",
-        args=[
-            "--workers",
-            "2",
-            "--policy-git",
-            f"file://{bare}",
-            "--policy-branch",
-            "main",
-            "--policy-path",
-            "policies",
-            "--poll-interval",
-            "1s",
-        ],
+        args=["--workers", "2", *git_source(bare)],
     )
     try:
         assert bob_push(gateway)[1] == ["pull", "push"]
@@ -58,16 +47,7 @@ def test_a_rejected_commit_is_tried_once_until_the_branch_moves(
     bare, work = remote
     gateway = start_gateway(
         tmp_path / "gw",
-        args=[
-            "--policy-git",
-            f"file://{bare}",
-            "--policy-branch",
-            "main",
-            "--policy-path",
-            "policies",
-            "--poll-interval",
-            "0.3s",
-        ],
+        args=git_source(bare, poll="0.3s"),
     )
     try:
         (work / "policies" / "teams.yaml").write_text("teams: [\n")
