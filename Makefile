@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint typecheck check clean
+.PHONY: run test test-fast lint typecheck check clean system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,9 +14,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python scripts/run.py
 
+# The system programs the tests drive (scripts/system-packages.txt): installed with apt when
+# missing and running as root; otherwise this stops at once with the command to run.
+system-packages:
+	bash scripts/system-packages.sh test
+
 # The gates, in this order: formatting, lint, types, the example policy and its tests; then
 # pytest, the whole suite (test) or the fast tier alone, which starts no process (test-fast).
-test: lint typecheck check
+test: system-packages lint typecheck check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: lint typecheck check

@@ -12,7 +12,7 @@ def require(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.fail(
-            f"{name} not installed: run `apt-get install -y {package}` (or .ci/run as root)",
+            f"{name} not installed: run `apt-get install -y {package}` (or `make test` as root)",
             pytrace=False,
         )
     return path
