@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     robot_create.add_argument("--expires", metavar="DATE", help="last valid day, YYYY-MM-DD")
     robot_create.add_argument("--description", metavar="TEXT", help="what the robot is for")
     robot.set_defaults(func=commands.cmd_robot)
-    token = sub.add_parser("token", help="personal access tokens: create a secret and its entry")
+    token = sub.add_parser(
+        "token", help="personal access tokens: create a secret and its entry; decode a token"
+    )
     token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     token_create = token_sub.add_parser(
         "create",
@@ -241,6 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token_create.add_argument("--description", metavar="TEXT", help="what the token is for")
     token.set_defaults(func=commands.cmd_token)
+    token_decode = token_sub.add_parser(
+        "decode",
+        help="show the header and claims (the granted access) of a token read from stdin",
+        description="Read an access token, or the token endpoint's JSON answer, from stdin and "
+        "print its header and claims: subject, issuer, audience, times and the access granted. "
+        "Nothing is verified: the registry checks the signature.",
+        epilog="example: curl -s -u bob 'http://127.0.0.1:5001/auth/token?service=registry.local"
+        "&scope=repository:bob/hello:pull,push' | registry-gateway token decode",
+    )
+    token_decode.add_argument("--format", choices=("text", "json"), default="text")
+    token_decode.set_defaults(func=commands.cmd_token_decode)
     return parser
 
 

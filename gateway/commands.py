@@ -1,8 +1,10 @@
-"""The gateway's operational commands: serve, keys, registry-config, hash-password."""
+"""The gateway's operational commands: serve, keys, registry-config, hash-password, robot and
+token secrets, and reading a token."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import io
 import os
@@ -321,6 +323,107 @@ def cmd_token(args: argparse.Namespace) -> int:
     print(
         f"registry-gateway: sign in as {args.user} with this token as the password, "
         "e.g. docker login -u " + args.user,
+        file=sys.stderr,
+    )
+    return 0
+
+
+# -- reading a token -----------------------------------------------------------------------
+
+MAX_DECODE_INPUT = 1024 * 1024
+
+
+def read_token(text: str) -> str:
+    """The JWT in `text`: a bare token, or the token endpoint's JSON answer; ValueError if none."""
+    import json
+
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            raise ValueError("the input is neither a token nor a JSON answer") from None
+        found = (
+            answer.get("token") or answer.get("access_token") if isinstance(answer, dict) else None
+        )
+        if not isinstance(found, str):
+            raise ValueError('the JSON answer holds no token (no "token" or "access_token")')
+        text = found.strip()
+    if text.count(".") != 2:
+        raise ValueError("a token has three dot-separated parts (header.claims.signature)")
+    return text
+
+
+def decode_token(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of a JWT, NOT verified; ValueError when they are not JSON objects."""
+    import base64
+    import binascii
+    import json
+
+    parts: list[dict[str, Any]] = []
+    for name, text in zip(("header", "claims"), token.split(".")[:2], strict=True):
+        try:
+            value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        except (binascii.Error, ValueError):
+            raise ValueError(f"the token's {name} is not base64url-encoded JSON") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"the token's {name} is not a JSON object")
+        parts.append(value)
+    return parts[0], parts[1]
+
+
+def render_token(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A decoded token for a terminal: who, for whom, when, and the access it carries."""
+    import datetime as dt
+
+    def when(value: object) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            with contextlib.suppress(OverflowError, OSError, ValueError):
+                return dt.datetime.fromtimestamp(value, dt.UTC).isoformat(timespec="seconds")
+        return repr(value)
+
+    x5c = header.get("x5c")
+    chain = f", x5c {len(x5c)} certificate(s)" if isinstance(x5c, list) else ""
+    lines = [
+        f"header   alg {header.get('alg')}, kid {header.get('kid')}{chain}",
+        f"subject  {claims.get('sub', '(none: anonymous)') or '(none: anonymous)'}",
+        f"issuer   {claims.get('iss')}   audience {claims.get('aud')}",
+        f"issued   {when(claims.get('iat'))}   expires {when(claims.get('exp'))}",
+    ]
+    access = claims.get("access")
+    if isinstance(access, list):
+        lines.append("access" if access else "access   (none)")
+        for entry in access:
+            if isinstance(entry, dict):
+                actions = entry.get("actions")
+                shown = ",".join(map(str, actions)) if isinstance(actions, list) else "?"
+                lines.append(
+                    f"  {entry.get('type')}:{entry.get('name')}  {shown or '(nothing granted)'}"
+                )
+    for key in sorted(set(claims) - {"sub", "iss", "aud", "iat", "exp", "access"}):
+        lines.append(f"{key:<8} {claims[key]}")
+    return "\n".join(lines)
+
+
+def cmd_token_decode(args: argparse.Namespace) -> int:
+    import json
+
+    data = sys.stdin.read(MAX_DECODE_INPUT + 1)
+    try:
+        if len(data) > MAX_DECODE_INPUT:
+            raise ValueError(f"the input is over {MAX_DECODE_INPUT} bytes")
+        header, claims = decode_token(read_token(data))
+    except ValueError as exc:
+        print(f"registry-gateway token decode: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "json":
+        json.dump({"header": header, "claims": claims}, sys.stdout, indent=2)
+        print()
+    else:
+        print(render_token(header, claims))
+    print(
+        "registry-gateway token decode: shown as written, NOT verified (the registry checks "
+        "the signature)",
         file=sys.stderr,
     )
     return 0
