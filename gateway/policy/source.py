@@ -8,7 +8,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -137,6 +137,25 @@ def _walk(db: GitDB, tree: bytes, prefix: tuple[str, ...], blobs: dict[str, byte
                 blobs["/".join(parts)] = sha
 
 
+# A rejection's log line carries this many problems at most, each message cut to this length:
+# a policy with ten thousand mistakes must not write megabytes per reload attempt.
+MAX_LOGGED_PROBLEMS = 10
+MAX_LOGGED_MESSAGE = 300
+
+
+def logged_problems(problems: Sequence[Problem]) -> list[dict[str, str]]:
+    """The first problems of a rejection as log fields: `file:line:column`, severity, message."""
+    out = []
+    for problem in problems[:MAX_LOGGED_PROBLEMS]:
+        message = problem.message
+        if len(message) > MAX_LOGGED_MESSAGE:
+            message = message[: MAX_LOGGED_MESSAGE - 1] + "\u2026"
+        out.append(
+            {"location": str(problem.location), "severity": problem.severity, "message": message}
+        )
+    return out
+
+
 def validate(
     texts: dict[str, str], tests: dict[str, str], revision: str
 ) -> tuple[Engine, tuple[Problem, ...]]:
@@ -222,10 +241,21 @@ class PolicySource:
                 self._failures += 1
                 self._last_error = str(exc)
                 kept = self.engine.revision if self.engine else "none"
+                problems = [p for p in exc.problems if p.severity == "error"] or exc.problems
+                logged = logged_problems(problems)
+                more = len(problems) - len(logged)
                 log.error(
-                    "policy rejected; keeping revision %s",
+                    "policy rejected; keeping revision %s: %d problem(s): %s%s",
                     kept,
-                    extra={"event": "policy_rejected", "error": self._last_error, "kept": kept},
+                    len(problems),
+                    "; ".join(f"{p['location']}: {p['message']}" for p in logged),
+                    f"; and {more} more" if more else "",
+                    extra={
+                        "event": "policy_rejected",
+                        "kept": kept,
+                        "problem_count": len(problems),
+                        "problems": logged,
+                    },
                 )
                 self._notify(False)
                 return False
