@@ -38,7 +38,10 @@ set +a
 REGISTRY_GATEWAY_NOTIFICATION_SECRET=placeholder
 export REGISTRY_GATEWAY_NOTIFICATION_SECRET
 
-generated=$(cd "$here/.." && $GATEWAY registry-config --rootcertbundle "$bundle" | grep -v '^#')
+# signingalgorithms: the replicas' keys live in their volume, not here, so the algorithm is
+# key_algorithm's (from gateway.env), whatever keys this checkout's .data holds.
+generated=$(cd "$here/.." && $GATEWAY registry-config --rootcertbundle "$bundle" \
+    --data-dir /nonexistent/registry-gateway-data | grep -v '^#')
 auth=$(printf '%s\n' "$generated" | sed '/^notifications:/,$d')
 endpoint=$(printf '%s\n' "$generated" | sed -n '/^notifications:/,$p' | sed '1,2d')
 public_url=$(printf '%s\n' "$generated" | sed -n 's|^ *url: \(.*\)/-/notifications$|\1|p')

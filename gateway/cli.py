@@ -188,7 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
         "registry-config",
         help="print the registry's auth.token section for these settings",
         description="Print the registry configuration (auth.token, notifications) that matches "
-        "the gateway's settings, as YAML to merge into the registry's config.yml.",
+        "the gateway's settings, as YAML to merge into the registry's config.yml. Its "
+        "signingalgorithms list the algorithms of the keys in --data-dir (or key_algorithm "
+        "when there are none yet): Distribution 3.x then refuses tokens signed any other way "
+        "(HS256 among them); 2.8 ignores the line.",
     )
     regconf.add_argument(
         "--rootcertbundle",
@@ -196,8 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="/etc/docker/registry/registry-gateway.pem",
         help="where the registry reads the certificate bundle (default: %(default)s)",
     )
-    add_flags(regconf, ("service", "issuer", "public_url"))
+    add_flags(regconf, ("service", "issuer", "public_url", "data_dir", "key_algorithm"))
     regconf.set_defaults(func=commands.cmd_registry_config)
+
+    from gateway import doctor
+
+    doctor.add_parser(sub)
 
     hashpw = sub.add_parser(
         "hash-password",

@@ -155,8 +155,27 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def registry_config_text(settings: Settings, rootcertbundle: str) -> str:
-    """The registry's auth (and notifications) sections for these settings, as YAML."""
+def signing_algorithms(settings: Settings) -> tuple[list[str], str]:
+    """The algorithms of the keys in the data dir (every one the bundle holds, so a rotation
+    to another algorithm keeps working), or of the first key to come; and where they came from.
+    KeyStoreError when the keys cannot be read."""
+    from gateway.auth.keys import ALGORITHMS, KeyStore
+
+    keys = KeyStore(settings.data_dir, common_name=settings.issuer).keys()
+    if not keys:
+        where = f"key_algorithm, as there are no keys in {settings.data_dir} yet"
+        return [settings.key_algorithm], where
+    found = {key.algorithm for key in keys}
+    return [a for a in ALGORITHMS if a in found], f"those of the keys in {settings.data_dir}"
+
+
+def registry_config_text(
+    settings: Settings, rootcertbundle: str, algorithms: list[str] | None = None
+) -> str:
+    """The registry's auth (and notifications) sections for these settings, as YAML.
+
+    `signingalgorithms` pins what Distribution 3.x accepts (its default list includes HS256
+    and the other HMAC algorithms); 2.8 ignores the option."""
     from ruamel.yaml import YAML
 
     config: dict[str, Any] = {
@@ -166,6 +185,7 @@ def registry_config_text(settings: Settings, rootcertbundle: str) -> str:
                 "service": settings.service,
                 "issuer": settings.issuer,
                 "rootcertbundle": rootcertbundle,
+                "signingalgorithms": algorithms or [settings.key_algorithm],
             }
         }
     }
@@ -190,17 +210,25 @@ def registry_config_text(settings: Settings, rootcertbundle: str) -> str:
 
 
 def cmd_registry_config(args: argparse.Namespace) -> int:
+    from gateway.auth.keys import KeyStoreError
+
     try:
         settings = settings_from(args)
     except ConfigError as exc:
         print(f"registry-gateway registry-config: {exc}", file=sys.stderr)
         return 2
+    try:
+        algorithms, where = signing_algorithms(settings)
+    except (KeyStoreError, OSError) as exc:
+        print(f"registry-gateway registry-config: signing keys: {exc}", file=sys.stderr)
+        return 1
     print("# Registry configuration for this gateway; merge into the registry's config.yml.")
     print(
         "# Write the certificate bundle with: registry-gateway keys bundle -o "
         + args.rootcertbundle
     )
-    sys.stdout.write(registry_config_text(settings, args.rootcertbundle))
+    print(f"# signingalgorithms: {where}. Distribution 3.x accepts only these; 2.8 ignores it.")
+    sys.stdout.write(registry_config_text(settings, args.rootcertbundle, algorithms))
     return 0
 
 

@@ -34,6 +34,8 @@ LAYERS: list[tuple[str, ...]] = [
         "gateway.protocol",
         "gateway.server",
         "gateway.commands",
+        "gateway.doctorchecks",
+        "gateway.doctor",
         "gateway.cli",
         "gateway.__main__",
     ),
