@@ -59,6 +59,7 @@ def test_explain_names_the_restriction_on_x(example: Engine) -> None:
             "effect": "deny",
             "rule": "restricted to robot:release, user:alice on platform/prod/**",
             "location": "policies/access.yaml:12",
+            "memberships": [],
         }
     ]
 

@@ -46,6 +46,9 @@ class Reason:
     effect: str  # "allow" | "deny"
     rule: str
     location: Location | None = None
+    # The principal the rule names (a grant's, a namespace's team), so that explain can say
+    # how the subject is among them (a team membership, an LDAP group, being signed in).
+    via: Principal | None = None
 
     def __str__(self) -> str:
         where = f" ({self.location.short})" if self.location and self.location.line else ""
@@ -267,7 +270,8 @@ class Engine:
                     rule = (
                         f"{subject} is {role.value} in team {team}, which owns namespace {ns_name}"
                     )
-                    allow(role.actions, Reason("allow", rule, namespace.location))
+                    via = Principal("team", team)
+                    allow(role.actions, Reason("allow", rule, namespace.location, via))
 
         for principal in principals:
             bucket = self._grants.get(principal)
@@ -276,7 +280,7 @@ class Engine:
             for grant in _unique(bucket.matching(repository)):
                 allow(
                     grant.actions,
-                    Reason("allow", _describe_grant(grant, principal), grant.location),
+                    Reason("allow", _describe_grant(grant, principal), grant.location, principal),
                 )
 
         denies: dict[str, list[Reason]] = {action: [] for action in REPOSITORY_ACTIONS}
