@@ -1,18 +1,33 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: .installed-run when the package and what it needs to run are installed (make run),
+# .installed when the dev extras are too (make test). The dev install makes both, so `make run`
+# after `make test` installs nothing; `make test` after `make run` adds the dev extras.
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: run test test-fast lint typecheck check clean system-packages
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/python scripts/run.py
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(RUN_STAMP) $(STAMP)
+
+# The gateway and a local registry wired to it (scripts/run.py). Ports: make run GATEWAY_PORT=N
+# REGISTRY_PORT=N. Only docker-registry is installed (as root, with apt) when missing.
+GATEWAY_PORT ?= 5001
+REGISTRY_PORT ?= 5000
+run: $(RUN_STAMP)
+	bash scripts/system-packages.sh run
+	$(BIN)/python scripts/run.py --gateway-port $(GATEWAY_PORT) --registry-port $(REGISTRY_PORT)
 
 # The system programs the tests drive (scripts/system-packages.txt): installed with apt when
 # missing and running as root; otherwise this stops at once with the command to run.
