@@ -33,6 +33,7 @@ from gateway.doctorchecks import (
     failed,
     notification_problems,
     parse_challenge,
+    policy_errors,
     read_registry_config,
     shown_url,
     token_config_problems,
@@ -596,12 +597,11 @@ class Doctor:
         report = check_directory(directory)
         self.policy_revision = report.revision
         if not report.ok or report.tests_failed:
-            first = next((p for p in report.problems if p.severity == "error"), None)
             return failed(
                 name,
                 [
                     Problem(
-                        f"{directory}: {report.summary()}" + (f"; first: {first}" if first else ""),
+                        f"{directory}: {report.summary()}: {policy_errors(report.problems)}",
                         f"run `registry-gateway check {directory}` and fix what it lists (the "
                         "gateway keeps serving its last good policy meanwhile)",
                     )

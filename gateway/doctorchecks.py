@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from gateway.config import Settings
+from gateway.policy.load import Problem as PolicyProblem
 
 __all__ = [
     "CHECKS",
@@ -32,6 +33,7 @@ __all__ = [
     "clock_verdict",
     "notification_problems",
     "parse_challenge",
+    "policy_errors",
     "read_registry_config",
     "shown_url",
     "token_config_problems",
@@ -245,15 +247,15 @@ def challenge_problems(
     settings: Settings, challenge: Challenge, config: RegistryConfig | None
 ) -> list[Problem]:
     """What is wrong with the registry's Bearer challenge for this gateway."""
-    restart = "and restart the registry (it reads its config only at start)"
+    restart = "and restart the registry"
     problems = []
     if not _same_url(challenge.realm, settings.realm):
         problems.append(
             Problem(
                 f"the registry sends clients to realm {challenge.realm or '(none)'}, but this "
                 f"gateway's token endpoint is {settings.realm}",
-                f"set auth.token.realm: {settings.realm} in the registry's config {restart} "
-                "(or the gateway's public_url, if clients reach it at that realm)",
+                f"set auth.token.realm: {settings.realm} in the registry's config {restart}, "
+                "or the gateway's public_url if clients reach it at that realm",
             )
         )
     if challenge.service != settings.service:
@@ -261,8 +263,8 @@ def challenge_problems(
             Problem(
                 f"the registry's service is {challenge.service or '(none)'!r}, but the "
                 f"gateway's is {settings.service!r} (every token's audience)",
-                f"set auth.token.service: {settings.service} in the registry's config {restart} "
-                f"(or the gateway's service to {challenge.service!r})",
+                f"set auth.token.service: {settings.service} in the registry's config {restart}, "
+                f"or the gateway's service to {challenge.service!r}",
             )
         )
     if config is not None and config.token is not None:
@@ -317,8 +319,8 @@ def token_config_problems(
             Problem(
                 f"the registry trusts issuer {issuer!r}, but the gateway signs as "
                 f"{settings.issuer!r}",
-                f"set auth.token.issuer: {settings.issuer} {where} (or the gateway's issuer "
-                f"to {issuer!r})",
+                f"set auth.token.issuer: {settings.issuer} {where}, or the gateway's issuer "
+                f"to {issuer!r}",
             )
         )
     service = config.value("service")
@@ -402,6 +404,24 @@ def clock_verdict(
         "synchronise the clocks of the registry's and the gateway's hosts with NTP (chrony, "
         "systemd-timesyncd)",
     )
+
+
+# -- the policy ---------------------------------------------------------------------------
+
+
+def policy_errors(problems: Iterable[PolicyProblem], *, files: int = 4) -> str:
+    """The first error of each file (of the first `files` files), where and what: one file's
+    mistake makes others fail to resolve, so every file with an error is named."""
+    first: dict[str, PolicyProblem] = {}
+    for problem in problems:
+        if problem.severity == "error":
+            first.setdefault(problem.location.file, problem)
+    shown = [
+        f"{Path(p.location.file).name}:{p.location.line}:{p.location.column} {p.message[:200]}"
+        for p in list(first.values())[:files]
+    ]
+    more = f" (and {len(first) - files} more files)" if len(first) > files else ""
+    return "; ".join(shown) + more
 
 
 # -- notifications -------------------------------------------------------------------------

@@ -43,7 +43,11 @@ def free_port() -> int:
 
 
 def _config(
-    root: Path, port: int, token: TokenAuth | None, notifications: list[dict[str, Any]] | None
+    root: Path,
+    port: int,
+    token: TokenAuth | None,
+    notifications: list[dict[str, Any]] | None,
+    token_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "version": "0.1",
@@ -63,6 +67,7 @@ def _config(
                 "service": token.service,
                 "issuer": token.issuer,
                 "rootcertbundle": str(token.rootcertbundle),
+                **(token_options or {}),
             }
         }
     if notifications is not None:
@@ -160,10 +165,12 @@ def start_registry(
     token: TokenAuth | None = None,
     notifications: list[dict[str, Any]] | None = None,
     port: int | None = None,
+    token_options: dict[str, Any] | None = None,
 ) -> Registry:
     """Write a config under `root` and start a registry with filesystem storage and deletes on.
 
-    `notifications` is the list under `notifications.endpoints`, passed through as written.
+    `notifications` is the list under `notifications.endpoints`, passed through as written;
+    `token_options` are more keys of `auth.token` (such as `signingalgorithms`), as written.
     Without `port` a free one is chosen (and another tried if it was taken meanwhile).
     """
     root.mkdir(parents=True, exist_ok=True)
@@ -175,7 +182,7 @@ def start_registry(
         log_path.unlink(missing_ok=True)
         # JSON is YAML: no YAML library is needed to write the registry's config file.
         config_path.write_text(
-            json.dumps(_config(root, chosen, token, notifications), indent=2) + "\n"
+            json.dumps(_config(root, chosen, token, notifications, token_options), indent=2) + "\n"
         )
         registry = Registry(
             host=f"127.0.0.1:{chosen}",
