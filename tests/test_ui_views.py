@@ -37,7 +37,12 @@ REPOS = {
     "carol/notes": ["v1"],
     "qa/runner": ["v1"],
     "alpine": ["3.19"],
+    "platform/web": ["1.25", "1.26", "latest", "stable"],
 }
+# Tags that name the same image as another tag, and what cosign attached to an image.
+ALIASES = {("platform/web", "latest"): "1.26", ("platform/web", "stable"): "1.26"}
+ATTACHED = {("platform/web", "1.26"): ("sig", "att")}
+SIGNATURE = "application/vnd.dev.cosign.simplesigning.v1+json"
 
 
 def _digest(data: bytes) -> str:
@@ -45,7 +50,8 @@ def _digest(data: bytes) -> str:
 
 
 class FakeRegistry:
-    """Answers like RegistryClient from a dict: every tag an image, `multi` an index of two."""
+    """Answers like RegistryClient from a dict: every tag an image, `multi` an index of two;
+    ALIASES point tags at another tag's image, ATTACHED adds cosign's tags to an image."""
 
     def __init__(self, repos: dict[str, list[str]]) -> None:
         self.repos = {name: list(tags) for name, tags in repos.items()}
@@ -64,6 +70,11 @@ class FakeRegistry:
                 "Cmd": ["--serve"],
                 "Labels": {"org.opencontainers.image.source": f"https://example.org/{repo}"},
             },
+            "history": [
+                {"created_by": "/bin/sh -c #(nop) ADD file:0123 in / "},
+                {"created_by": "ENV SECRET_TOKEN=hunter2", "empty_layer": True},
+                {"created_by": f"RUN make install # {repo}:{tag}"},
+            ],
         }
         config_digest = _digest(json.dumps(config, sort_keys=True).encode())
         self.blobs[config_digest] = config
@@ -86,7 +97,33 @@ class FakeRegistry:
         return sorted(self.repos)
 
     async def tags(self, repository: str) -> list[str]:
-        return list(self.repos.get(repository, []))
+        tags = list(self.repos.get(repository, []))
+        for (repo, tag), suffixes in ATTACHED.items():
+            if repo == repository:
+                digest = self._image(repo, tag).removeprefix("sha256:")
+                tags += [f"sha256-{digest}.{suffix}" for suffix in suffixes]
+        return tags
+
+    def _attachment(self, reference: str) -> str:
+        """A cosign signature or attestation: an OCI manifest whose layer is the payload."""
+        config = {"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers"}}
+        config_digest = _digest(json.dumps(config).encode())
+        self.blobs[config_digest] = config
+        body = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": 200,
+            },
+            "layers": [
+                {"digest": _digest(reference.encode()), "size": 250, "mediaType": SIGNATURE}
+            ],
+        }
+        digest = _digest(json.dumps(body).encode())
+        self.manifests[digest] = (OCI_MANIFEST, body)
+        return digest
 
     async def manifest(
         self, repository: str, reference: str
@@ -94,8 +131,12 @@ class FakeRegistry:
         if reference.startswith("sha256:"):
             media_type, body = self.manifests[reference]
             return reference, media_type, body
+        if reference.startswith("sha256-") and reference in await self.tags(repository):
+            digest = self._attachment(reference)
+            return digest, OCI_MANIFEST, self.manifests[digest][1]
         if reference not in self.repos.get(repository, []):
             return None
+        reference = ALIASES.get((repository, reference), reference)
         if reference == "multi":
             children = [
                 {
@@ -184,7 +225,7 @@ def soup(response: Response) -> BeautifulSoup:
     return BeautifulSoup(response.text, "html.parser")
 
 
-def one(html: BeautifulSoup, selector: str) -> Tag:
+def one(html: BeautifulSoup | Tag, selector: str) -> Tag:
     """The element `selector` finds first; the test fails when there is none."""
     found = html.select_one(selector)
     assert found is not None, f"nothing matches {selector}"
@@ -208,6 +249,11 @@ def context(response: Response) -> dict[str, Any]:
     """The context `response` was rendered with, which starlette's TestClient attaches to it."""
     data: dict[str, Any] = response.context  # type: ignore[attr-defined]  # set by TestClient
     return data
+
+
+def row_heads(response: Response) -> list[str]:
+    """The text that heads each row of the page's table, spaces as a reader sees them."""
+    return [" ".join(th.get_text().split()) for th in soup(response).select("tbody th[scope=row]")]
 
 
 def repository_links(response: Response) -> list[str]:
@@ -297,7 +343,7 @@ def test_repository_page_lists_tags_with_pull_commands(client: TestClient) -> No
     page = client.get("/r/library/base")
     assert template_name(page) == "repository.html"
     html = soup(page)
-    assert [th.get_text() for th in html.select("tbody th[scope=row]")] == ["latest", "v1", "v2"]
+    assert row_heads(page) == ["latest", "v1", "v2"]
     commands = [c.get_text() for c in html.select(".command code")]
     assert commands == [
         "docker pull registry.example.org/library/base:latest",
@@ -311,10 +357,10 @@ def test_repository_page_lists_tags_with_pull_commands(client: TestClient) -> No
 
 def test_pagination(client: TestClient) -> None:
     first = client.get("/r/library/base", params={"per_page": 2, "sort": "name"})
-    assert [th.get_text() for th in soup(first).select("tbody th[scope=row]")] == ["latest", "v1"]
+    assert row_heads(first) == ["latest", "v1"]
     link = attribute(one(soup(first), ".pagination a[rel=next]"), "href")
     second = client.get(link)
-    assert [th.get_text() for th in soup(second).select("tbody th[scope=row]")] == ["v2"]
+    assert row_heads(second) == ["v2"]
     assert context(second)["page"] == {"number": 2, "per_page": 2, "pages": 2, "total": 3}
 
 
@@ -552,8 +598,10 @@ def test_every_page_is_documented(ui: UI) -> None:
         "/search": "/search?q=TEXT",
         "/-/access/n/{namespace}": "/-/access/n/NAMESPACE",
         "/-/access/r/{name:path}": "/-/access/r/REPOSITORY",
+        "/-/explain/r/{name:path}": "/-/explain/r/REPOSITORY",
     }
-    missing = [p for p in paths if f"`{shown.get(p, p)}`" not in docs]
+    missing = [p for p in paths if p != "/{path:path}" and f"`{shown.get(p, p)}`" not in docs]
+    assert "| any other path |" in docs
     assert not missing, f"docs/ui.md does not document {missing}"
 
 
@@ -577,3 +625,173 @@ def test_a_push_notified_before_its_tag_is_linked_still_shows(ui: UI) -> None:
     asyncio.run(gateway.catalog.update_repository("library/early"))
     tags = client.get("/r/library/early?format=json").json()["tags"]
     assert [(t["tag"], t["digest"]) for t in tags] == [("v1", digest)]
+
+
+# -- images: tags grouped, history, attachments ------------------------------------------
+
+
+def test_tags_of_one_image_are_one_row_and_attachments_are_no_tags(ui: UI) -> None:
+    client = ui[0]
+    sign_in(client, "carol")
+    page = client.get("/r/platform/web", params={"sort": "name"})
+    assert row_heads(page) == ["1.25", "1.26 · latest · stable signed attested"]
+    data = client.get("/r/platform/web", params={"sort": "name", "format": "json"}).json()
+    assert [image["tags"] for image in data["images"]] == [["1.25"], ["1.26", "latest", "stable"]]
+    assert data["images"][1]["attached"] == ["signature", "attestation"]
+    assert [t["tag"] for t in data["tags"]] == ["1.25", "1.26", "latest", "stable"]
+    assert data["repository"]["tags"] == 4  # cosign's tags are not counted
+    assert data["page"]["total"] == 2
+    found = client.get("/search", params={"q": "sha256", "format": "json"}).json()
+    assert found["total_tags"] == 0
+
+
+def test_tag_page_shows_history_and_what_is_attached(ui: UI) -> None:
+    client = ui[0]
+    sign_in(client, "carol")
+    page = client.get("/r/platform/web:latest")
+    data = context(page)
+    assert data["also_tagged"] == ["1.26", "stable"]
+    history = data["manifest"]["platforms"][0]["history"]
+    assert [(step["created_by"], step["size"]) for step in history] == [
+        ("/bin/sh -c #(nop) ADD file:0123 in /", 2_000_000),
+        ("ENV SECRET_TOKEN=\u2026", None),  # values are hidden, as the environment's are
+        ("RUN make install # platform/web:1.26", 1234),
+    ]
+    assert "hunter2" not in page.text
+    html = soup(page)
+    steps = [" ".join(tr.get_text(" ").split()) for tr in html.select("table.history tbody tr")]
+    assert steps[1] == "2 ENV SECRET_TOKEN=\u2026 no layer" and steps[2].endswith("1.2 KiB")
+    kinds = [a["kind"] for a in data["attachments"]]
+    assert kinds == ["signature", "attestation"]
+    signature = data["attachments"][0]
+    assert signature["subject"] == data["manifest"]["digest"]
+    assert signature["layer_media_types"] == [SIGNATURE]
+    link = one(html, "table.attachments a")
+    assert attribute(link, "title") == signature["tag"]
+    own = client.get(attribute(link, "href"))  # the signature's own page says what it signs
+    assert own.status_code == 200
+    assert context(own)["attached_to"] == {
+        "kind": "signature",
+        "digest": data["manifest"]["digest"],
+        "tags": ["1.26", "latest", "stable"],
+    }
+    plain = context(client.get("/r/platform/web:1.25"))
+    assert plain["attachments"] == [] and plain["also_tagged"] == []
+
+
+def test_sizes_are_in_binary_units_and_dates_say_whose(client: TestClient) -> None:
+    from ui.templating import filesize
+
+    assert [filesize(n) for n in (512, 1536, 2_000_000, 3 * 1024**3)] == [
+        "512 B",
+        "1.5 KiB",
+        "1.9 MiB",
+        "3.0 GiB",
+    ]
+    page = soup(client.get("/r/library/base:v1"))
+    assert "Created (image)" in [dt.get_text() for dt in page.select("main dt")]
+    headers = [th.get_text() for th in soup(client.get("/r/library/base")).select("thead th")]
+    assert "Created (image)" in headers
+
+
+# -- "why can't I push here?" ------------------------------------------------------------
+
+
+def test_signed_in_users_ask_why_for_themselves(ui: UI) -> None:
+    client = ui[0]
+    assert client.get("/-/explain/r/platform/api", follow_redirects=False).status_code == 303
+    sign_in(client, "carol")
+    repository = soup(client.get("/r/platform/api"))
+    link = one(repository, "a[href='/-/explain/r/platform/api']")
+    assert link.get_text() == "Why can't I push here?"
+    # Another subject cannot be asked for: the page answers for whoever is signed in.
+    page = client.get("/-/explain/r/platform/api", params={"subject": "user:alice"})
+    assert template_name(page) == "my_rights.html"
+    data = context(page)
+    assert data["subject"] == "user:carol" and data["granted"] == ["pull"]
+    push = next(a for a in data["actions"] if a["action"] == "push")
+    assert not push["allowed"] and push["reasons"]
+    rows = [
+        [c.get_text(" ", strip=True)[:7] for c in tr.select("th, td")[:2]]
+        for tr in soup(page).select("tbody tr")
+    ]
+    assert rows == [["pull", "allowed"], ["push", "denied"], ["delete", "denied"]]
+    hidden = client.get("/-/explain/r/bob/tool")
+    assert hidden.status_code == 404
+    assert hidden.text == client.get("/-/explain/r/bob/nothing-here").text
+    assert client.get("/-/explain", params={"subject": "user:alice"}).status_code == 403
+    bob = client.get("/-/explain/r/platform/api?format=json", auth=("bob", PASSWORDS["bob"]))
+    assert bob.json()["subject"] == "user:bob" and "push" in bob.json()["granted"]
+
+
+# -- every path answers the asker's language ---------------------------------------------
+
+HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+
+
+@pytest.mark.parametrize("path", ["/this/is/not/a/page", "/-/team", "/n", "/n/", "/r/"])
+def test_unknown_paths_answer_html_to_browsers_and_json_to_clients(
+    client: TestClient, path: str
+) -> None:
+    page = client.get(path, headers=HTML)
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert one(soup(page), "h1").get_text() == "Not found"
+    assert one(soup(page), "a.skip")  # the site's own page, header and all
+    if path.startswith("/r/"):  # a page of the UI, whose JSON twin has its own format
+        answer = client.get(path, headers={"Accept": "application/json"})
+        assert answer.status_code == 404 and answer.json()["error"] == "not_found"
+        return
+    for headers in ({}, {"Accept": "application/json"}, {"Accept": "*/*"}):
+        answer = client.get(path, headers=headers)
+        assert answer.status_code == 404
+        assert answer.json()["errors"][0]["code"] == "NOT_FOUND"
+
+
+def test_other_methods_on_unknown_and_known_paths(client: TestClient) -> None:
+    assert client.post("/this/is/not/a/page", headers=HTML).status_code == 404
+    assert client.delete("/-/team").json()["errors"][0]["code"] == "NOT_FOUND"
+    assert client.post("/healthz").status_code == 405
+
+
+def test_favicon(client: TestClient) -> None:
+    icon = client.get("/favicon.ico", headers=HTML)
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert icon.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    link = attribute(one(soup(client.get("/")), "link[rel=icon]"), "href")
+    assert client.get(link).headers["content-type"].startswith("image/svg+xml")
+
+
+@pytest.mark.parametrize("path", ["/r/library/base", "/r/library/base:v1", "/n/library"])
+def test_a_trailing_slash_is_the_same_page(client: TestClient, path: str) -> None:
+    plain, slashed = client.get(path), client.get(path + "/")
+    assert slashed.status_code == plain.status_code == 200
+    assert template_name(slashed) == template_name(plain)
+    data = client.get(path + "/", params={"format": "json"}).json()
+    assert data == client.get(path, params={"format": "json"}).json()
+
+
+# -- the admins' banner while the live policy is not the newest --------------------------
+
+
+def test_admins_see_a_banner_while_a_policy_change_is_rejected(ui: UI, policies: Path) -> None:
+    client, gateway, _ = ui
+    alice, carol = ("alice", PASSWORDS["alice"]), ("carol", PASSWORDS["carol"])
+    assert client.get("/?format=json", auth=alice).json()["policy_alert"] is None
+    live = gateway.source.status().revision
+    (policies / "zz.yaml").write_text("users: {mallory: {admin: maybe}}\n")
+    assert gateway.source.reload() is False
+    alert = client.get("/?format=json", auth=alice).json()["policy_alert"]
+    assert alert["state"] == "rejected" and alert["revision"] == live
+    assert "zz.yaml:" in alert["message"] and "mallory" not in alert["message"]
+    assert "policy_alert" not in client.get("/?format=json", auth=carol).json()
+    sign_in(client, "carol")
+    for path in ("/", "/r/platform/api", "/-/status", "/nowhere"):
+        assert soup(client.get(path, headers=HTML)).select(".banner-policy") == [], path
+    sign_in(client, "alice")
+    for path in ("/", "/r/platform/api", "/-/teams", "/-/explain", "/nowhere"):
+        banner = one(soup(client.get(path, headers=HTML)), ".banner-policy")
+        assert "was rejected" in banner.get_text(), path
+        assert attribute(one(banner, "a"), "href") == "/-/status"
+    (policies / "zz.yaml").unlink()
+    assert gateway.source.reload() is True
+    assert soup(client.get("/")).select(".banner-policy") == []

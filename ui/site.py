@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from gateway import metrics
 from gateway.auth.basic import basic_credentials
 from gateway.auth.identity import ANONYMOUS, AuthenticationFailed, Identity
+from gateway.health import health
 from gateway.policy.engine import Engine
 from gateway.policy.model import REPOSITORY_ACTIONS, Subject
 from gateway.services import Services
@@ -246,7 +247,12 @@ class Site:
         sign_in_next: bool = True,
     ) -> Response:
         """One data structure, as JSON or through a template."""
-        common = {"viewer": viewer.data(), "registry": self.registry_state(viewer)}
+        common: dict[str, Any] = {
+            "viewer": viewer.data(),
+            "registry": self.registry_state(viewer),
+        }
+        if viewer.admin:  # others are told nothing about the policy's changes
+            common["policy_alert"] = self.policy_alert()
         if wants_json(request):
             return JSONResponse({**common, **data}, status_code=status)
         session: Session | None = getattr(request.state, "ui_session", None)
@@ -324,6 +330,30 @@ class Site:
                 "as_of": None,
             }
         return {"state": "ok", "message": None, "as_of": as_of}
+
+    def policy_alert(self) -> dict[str, Any] | None:
+        """Why the live policy is not the newest the source offers (a rejected change, a
+        newer commit not loaded, a source that cannot be read), or None: the admins' banner."""
+        live = health(self.services)
+        if live["status"] != "degraded":  # ok, or draining (the banner does not matter then)
+            return None
+        revision, newest = live["revision"], live["newest"]
+        if live["error"]:
+            state = "rejected"
+            where = live["error"].split("; ")[0].removeprefix("policy rejected: ")
+            message = (
+                f"The newest policy change was rejected ({where}); "
+                f"revision {revision} stays in force."
+            )
+        elif newest != revision:
+            state = "behind"
+            message = f"The policy source offers {newest}, but revision {revision} is in force."
+        else:
+            state = "unreadable"
+            message = (
+                f"The policy source cannot be read; revision {revision} may not be the newest."
+            )
+        return {"state": state, "message": message, "revision": revision, "newest": newest}
 
     def path(self, request: Request, name: str, **params: Any) -> str:
         root: str = request.scope.get("root_path", "")

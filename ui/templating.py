@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+from markupsafe import Markup, escape
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
@@ -21,15 +23,41 @@ STATIC = HERE / "static"
 
 
 def filesize(value: int | None) -> str:
-    """1536 -> '1.5 KB' (powers of 1024, as registries and `docker images` show sizes)."""
+    """1536 -> '1.5 KiB': binary units (powers of 1024), labelled as such."""
     if value is None:
         return "\u2013"
     size = float(value)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
             return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
-    return f"{size:.1f} TB"  # pragma: no cover
+    return f"{size:.1f} TiB"  # pragma: no cover
+
+
+ATTACHMENT_TAG = re.compile(r"(sha256-)([0-9a-f]{64})(\.[a-z]+)?")
+
+
+def short_attachment(tag: str) -> str:
+    """'sha256-0123…(64 hex).sig' -> 'sha256-0123456789ab….sig'; other tags as they are."""
+    found = ATTACHMENT_TAG.fullmatch(tag)
+    if found is None:
+        return tag
+    return f"{found[1]}{found[2][:12]}\u2026{found[3] or ''}"
+
+
+BREAK_AFTER = re.compile(r"([/.+:@-])")
+WBR = Markup("<wbr>")
+
+
+def breakable(value: str | None) -> Markup:
+    """Text that may wrap after `/ . + : @ -` but never inside a word (media types, names):
+    `application/vnd.oci.image.layer.v1.tar+gzip` wraps at its dots, not letter by letter."""
+    if not value:
+        return Markup("")
+    return Markup("").join(
+        escape(part) + WBR if BREAK_AFTER.fullmatch(part) else escape(part)
+        for part in BREAK_AFTER.split(value)
+    )
 
 
 def when(value: str | None) -> str:
@@ -80,7 +108,13 @@ def make_templates() -> Jinja2Templates:
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(filesize=filesize, when=when, short_digest=short_digest)
+    env.filters.update(
+        filesize=filesize,
+        when=when,
+        short_digest=short_digest,
+        short_attachment=short_attachment,
+        breakable=breakable,
+    )
     hashes = static_hashes()
 
     @jinja2.pass_context

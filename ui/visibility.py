@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.catalog.attachments import is_attachment
 from gateway.catalog.index import CatalogIndex, Repository
 from gateway.policy.engine import Engine
 from gateway.policy.model import PULL, Subject
@@ -24,7 +25,7 @@ class Summary:
 
     name: str
     namespace: str
-    tags: int
+    tags: int  # tags people pull: signatures and other attachments are not counted
     size: int
     updated: str | None
     last_push: str | None
@@ -51,14 +52,15 @@ class Summaries:
         cached = self._items.get(repo.name)
         if cached is not None and cached[0] is repo:
             return cached[1]
+        tags = [tag for tag in repo.tags if not is_attachment(tag)]
         summary = Summary(
             repo.name,
             repo.namespace,
-            len(repo.tags),
+            len(tags),
             repo.size,
             repo.updated,
             repo.last_push,
-            "\n".join(repo.tags).lower(),
+            "\n".join(tags).lower(),
         )
         self._items[repo.name] = (repo, summary)
         return summary

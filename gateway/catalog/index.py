@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -36,6 +37,16 @@ class Layer:
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """One entry of an image config's `history`: the instruction that made a layer, or an
+    empty step (`ENV`, `CMD`...) that made none."""
+
+    created_by: str
+    empty_layer: bool
+    created: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Platform:
     """One image of a manifest (the only one, or one entry of an index)."""
 
@@ -50,6 +61,10 @@ class Platform:
     cmd: tuple[str, ...]
     labels: tuple[tuple[str, str], ...]
     env_names: tuple[str, ...]  # names only: values may be secrets
+    history: tuple[Step, ...] = ()  # oldest first, as in the config
+    # What an artifact is (OCI `artifactType`, or a config media type that is not an image
+    # config's); "" for an image.
+    artifact_type: str = ""
 
     @property
     def name(self) -> str:
@@ -63,6 +78,7 @@ class Manifest:
     platforms: tuple[Platform, ...]
     size: int  # all distinct blobs it refers to
     created: str | None  # the newest of its images
+    artifact_type: str = ""  # as Platform.artifact_type, for the manifest itself
 
     @property
     def is_index(self) -> bool:
@@ -115,10 +131,13 @@ class _ImageConfig:
     cmd: tuple[str, ...]
     labels: tuple[tuple[str, str], ...]
     env_names: tuple[str, ...]  # names only: values may be secrets
+    history: tuple[Step, ...]
 
     @classmethod
     def read(cls, config: dict[str, Any]) -> _ImageConfig:
         inner = config.get("config") or {}
+        if not isinstance(inner, dict):
+            inner = {}
         return cls(
             os=str(config.get("os", "")),
             architecture=str(config.get("architecture", "")),
@@ -128,10 +147,84 @@ class _ImageConfig:
             cmd=tuple(str(a) for a in inner.get("Cmd") or ()),
             labels=tuple(sorted((str(k), str(v)) for k, v in (inner.get("Labels") or {}).items())),
             env_names=tuple(sorted({str(e).partition("=")[0] for e in inner.get("Env") or []})),
+            history=read_history(config.get("history")),
         )
 
 
-_NO_CONFIG = _ImageConfig("", "", "", None, (), (), (), ())
+_NO_CONFIG = _ImageConfig("", "", "", None, (), (), (), (), ())
+MAX_STEPS = 1000  # history entries kept of one image (Docker's own limit on layers is 127)
+MAX_STEP_TEXT = 2000  # characters of one `created_by` kept; a longer one ends with "…"
+IMAGE_CONFIG_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.config.v1+json",
+        "application/vnd.docker.container.image.v1+json",
+        "",
+    }
+)
+
+
+def read_history(value: Any) -> tuple[Step, ...]:
+    """An image config's `history`, as far as it is well-formed (anything else is skipped)."""
+    if not isinstance(value, list):
+        return ()
+    steps = []
+    for entry in value[:MAX_STEPS]:
+        if not isinstance(entry, dict):
+            continue
+        text = entry.get("created_by")
+        text = without_values(text) if isinstance(text, str) else ""
+        if len(text) > MAX_STEP_TEXT:
+            text = text[: MAX_STEP_TEXT - 1] + "\u2026"
+        # Images built from one base repeat its steps: one string for all of them.
+        created = utc_seconds(entry.get("created"))
+        steps.append(
+            Step(
+                sys.intern(text),
+                entry.get("empty_layer") is True,
+                sys.intern(created) if created else None,
+            )
+        )
+    return tuple(steps)
+
+
+_SETS = re.compile(r"((?:/bin/sh -c #\(nop\)\s+)?(?:ENV|ARG)\s+)(.*)", re.DOTALL)
+_BUILD_ARGS = re.compile(r"((?:RUN )?\|)(\d{1,3}) (.*)", re.DOTALL)
+_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*)=")
+
+
+def without_values(text: str) -> str:
+    """A history step with the values of its variables hidden, as the environment's are:
+    `ENV TOKEN=abc` -> `ENV TOKEN=…`, and the build arguments before a `RUN`
+    (`|1 TOKEN=abc /bin/sh -c make` -> `|1 TOKEN=… /bin/sh -c make`)."""
+    text = text.strip()
+    sets = _SETS.fullmatch(text)
+    if sets is not None:
+        names = _NAME.findall(sets[2])
+        if names:
+            return sets[1] + " ".join(f"{name}=\u2026" for name in names)
+        words = sets[2].split(None, 1)  # the older `ENV NAME value` form
+        return sets[1] + (words[0] if words else "") + (" \u2026" if len(words) > 1 else "")
+    args = _BUILD_ARGS.fullmatch(text)
+    if args is not None:
+        count = int(args[2])
+        parts = args[3].split(" ", count)
+        hidden = [part.partition("=")[0] + "=\u2026" for part in parts[:count]]
+        return f"{args[1]}{count} " + " ".join(hidden + parts[count:])
+    return text
+
+
+def artifact_type(body: dict[str, Any], descriptor: dict[str, Any] | None = None) -> str:
+    """What an OCI artifact is: `artifactType` (of its descriptor in an index, or of the
+    manifest), else a config media type that is not an image config's; "" for an image."""
+    for source in (descriptor or {}, body):
+        value = source.get("artifactType")
+        if isinstance(value, str) and value:
+            return sys.intern(value[:255])
+    config = body.get("config")
+    kind = config.get("mediaType") if isinstance(config, dict) else None
+    if isinstance(kind, str) and kind not in IMAGE_CONFIG_TYPES:
+        return sys.intern(kind[:255])
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +394,7 @@ class CatalogIndex:
             tuple(platforms),
             sum(sizes.values()),
             created,
+            "" if media_type in INDEX_TYPES else artifact_type(body),
         )
         self._manifests[digest] = manifest
         return manifest
@@ -313,13 +407,22 @@ class CatalogIndex:
             found = await self.client.manifest(repository, digest)
         if found is None:
             return None
-        return await self._platform(repository, digest, found[2], entry.get("platform") or {})
+        return await self._platform(
+            repository, digest, found[2], entry.get("platform") or {}, entry
+        )
 
     async def _platform(
-        self, repository: str, digest: str, body: dict[str, Any], platform: dict[str, Any]
+        self,
+        repository: str,
+        digest: str,
+        body: dict[str, Any],
+        platform: dict[str, Any],
+        descriptor: dict[str, Any] | None = None,
     ) -> Platform:
         config_ref = body.get("config") or {}
-        config = await self._config(repository, config_ref.get("digest", ""))
+        # An artifact's config can be anything (a large binary too): only image configs are read.
+        image = config_ref.get("mediaType", "") in IMAGE_CONFIG_TYPES
+        config = await self._config(repository, config_ref.get("digest", "") if image else "")
         layers = self._shared(
             tuple(
                 Layer(
@@ -342,6 +445,8 @@ class CatalogIndex:
             cmd=config.cmd,
             labels=config.labels,
             env_names=config.env_names,
+            history=config.history,
+            artifact_type=artifact_type(body, descriptor),
         )
 
     def _shared(self, layers: tuple[Layer, ...]) -> tuple[Layer, ...]:

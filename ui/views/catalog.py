@@ -7,6 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.catalog.attachments import Attachment, attached_to, attachments, is_attachment
 from gateway.catalog.index import Manifest, Platform, Repository
 from gateway.policy.patterns import is_component, is_repository_name
 from ui.site import Site, Viewer, paginate
@@ -75,6 +76,52 @@ def tag_row(tag: str, manifest: Manifest) -> dict[str, Any]:
     }
 
 
+def image_row(tags: list[str], manifest: Manifest, repo: Repository) -> dict[str, Any]:
+    """Tags pointing at one manifest, as one row: `1.26 · latest · stable`."""
+    row = tag_row(tags[0], manifest)
+    del row["tag"]
+    kinds = [a.kind for a in attachments(repo.tags, [manifest.digest])]
+    return {"tags": tags, **row, "attached": list(dict.fromkeys(kinds))}
+
+
+def attachment_data(item: Attachment) -> dict[str, Any]:
+    manifest = item.manifest
+    layers = [layer for p in manifest.platforms for layer in p.layers]
+    types = {p.artifact_type for p in manifest.platforms if p.artifact_type}
+    types |= {manifest.artifact_type} - {""}
+    return {
+        "kind": item.kind,
+        "tag": item.tag,
+        "subject": item.subject,
+        "digest": manifest.digest,
+        "media_type": manifest.media_type,
+        "artifact_types": sorted(types),
+        # cosign keeps one signature or attestation per layer; a referrers index one per entry
+        "items": len(manifest.platforms) if manifest.is_index else len(layers),
+        "layer_media_types": sorted({layer.media_type for layer in layers}),
+        "size": manifest.size,
+    }
+
+
+def history_rows(platform: Platform) -> list[dict[str, Any]]:
+    """The config's history, each step that made a layer with that layer's size (steps and
+    layers pair up in order; empty steps such as `ENV` made none)."""
+    layers = iter(platform.layers)
+    rows = []
+    for step in platform.history:
+        layer = None if step.empty_layer else next(layers, None)
+        rows.append(
+            {
+                "created_by": step.created_by,
+                "created": step.created,
+                "empty_layer": step.empty_layer,
+                "size": layer.size if layer is not None else None,
+                "digest": layer.digest if layer is not None else None,
+            }
+        )
+    return rows
+
+
 def platform_data(platform: Platform) -> dict[str, Any]:
     return {
         "name": platform.name,
@@ -92,6 +139,8 @@ def platform_data(platform: Platform) -> dict[str, Any]:
         "cmd": list(platform.cmd),
         "labels": dict(platform.labels),
         "env_names": list(platform.env_names),  # names only: values may be secrets
+        "history": history_rows(platform),
+        "artifact_type": platform.artifact_type or None,
     }
 
 
@@ -105,14 +154,30 @@ def pull_commands(site: Site, repository: str, reference: str) -> dict[str, str]
     return {"docker": f"docker pull {ref}", "podman": f"podman pull {ref}"}
 
 
-def sorted_tags(repo: Repository, sort: str) -> list[tuple[str, Manifest]]:
-    items = list(repo.tags.items())
-    if sort == "date":  # newest first; tags without a creation time last, by name
-        items.sort(key=lambda item: item[0])
+def images(repo: Repository, sort: str) -> list[tuple[list[str], Manifest]]:
+    """The repository's images: the tags of each manifest (by name), signatures and other
+    attachments left out; newest first (those without a creation time last) or by name."""
+    groups: dict[str, list[str]] = {}
+    for tag, manifest in repo.tags.items():
+        if not is_attachment(tag):
+            groups.setdefault(manifest.digest, []).append(tag)
+    items = [(sorted(tags), repo.tags[tags[0]]) for tags in groups.values()]
+    items.sort(key=lambda item: item[0][0])
+    if sort == "date":
         items.sort(key=lambda item: item[1].created or "", reverse=True)
-    else:
-        items.sort(key=lambda item: item[0])
     return items
+
+
+def attached_data(repo: Repository, digest: str, kind: str) -> dict[str, Any]:
+    tags = sorted(
+        t for t, m in repo.tags.items() if not is_attachment(t) and digest_of_tag(m, digest)
+    )
+    return {"kind": kind, "digest": digest, "tags": tags}
+
+
+def digest_of_tag(manifest: Manifest, digest: str) -> bool:
+    """Whether `digest` is the manifest's or one of its platforms'."""
+    return manifest.digest == digest or any(p.digest == digest for p in manifest.platforms)
 
 
 # -- pages ------------------------------------------------------------------------------
@@ -167,9 +232,9 @@ async def repository(site: Site, request: Request, viewer: Viewer) -> Response:
         return site.not_found(request, viewer)
     sort = request.query_params.get("sort", "date")
     sort = sort if sort in SORTS else "date"
-    tags = sorted_tags(repo, sort)
-    shown, page = paginate(request, tags)
-    default = "latest" if "latest" in repo.tags else (tags[0][0] if tags else None)
+    found = images(repo, sort)
+    shown, page = paginate(request, found)
+    default = "latest" if "latest" in repo.tags else (found[0][0][0] if found else None)
     data = {
         "repository": {
             **site.summaries.get(repo).data(),
@@ -179,8 +244,9 @@ async def repository(site: Site, request: Request, viewer: Viewer) -> Response:
         "pull": pull_commands(site, name, default) if default else None,
         "pull_tag": default,
         "sort": sort,
-        "page": page,
-        "tags": [tag_row(tag, manifest) for tag, manifest in shown],
+        "page": page,  # counts images (rows), each with all of its tags
+        "images": [image_row(tags, manifest, repo) for tags, manifest in shown],
+        "tags": [tag_row(tag, manifest) for tags, manifest in shown for tag in tags],
     }
     return site.render(request, viewer, "repository.html", data)
 
@@ -192,13 +258,21 @@ async def tag(site: Site, request: Request, viewer: Viewer) -> Response:
     manifest = repo.tags.get(tag_name) if repo is not None else None
     if repo is None or manifest is None:
         return site.not_found(request, viewer)
+    digests = [manifest.digest, *(p.digest for p in manifest.platforms)]
+    same = [t for t, m in repo.tags.items() if m.digest == manifest.digest and t != tag_name]
+    subject = attached_to(tag_name)
     data = {
         "repository": {"name": name, "namespace": repo.namespace, "slug": repo.namespace or GLOBAL},
         "tag": tag_name,
+        "also_tagged": sorted(t for t in same if not is_attachment(t)),
         "manifest": {
             **tag_row(tag_name, manifest),
+            "artifact_type": manifest.artifact_type or None,
             "platforms": [platform_data(p) for p in manifest.platforms],
         },
+        "attachments": [attachment_data(a) for a in attachments(repo.tags, digests)],
+        # For a signature's own page: what it is attached to, and that image's tags.
+        "attached_to": attached_data(repo, *subject) if subject else None,
         "pull": pull_commands(site, name, tag_name),
         "pull_digest": pull_commands(site, name, manifest.digest),
     }

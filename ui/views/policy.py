@@ -223,3 +223,41 @@ async def explain(site: Site, request: Request, viewer: Viewer) -> Response:
             data["error"] = str(exc)
             status_code = 400
     return site.render(request, viewer, "explain.html", data, status=status_code)
+
+
+async def my_rights(site: Site, request: Request, viewer: Viewer) -> Response:
+    """ "Why can't I push here?": the viewer's own rights on a repository they may see, with
+    every rule behind each (for their own subject only; admins have the explain page)."""
+    name = request.path_params["name"]
+    repo = site.visible(viewer).get(name) if is_repository_name(name) else None
+    if repo is None:
+        return site.not_found(request, viewer)
+    engine = viewer.engine
+    result = explain_scopes(engine, viewer.subject, [f"repository:{name}:pull,push,delete"])
+    base = policy_dir(site)
+    actions = result["resources"][0]["actions"]
+    cap = viewer.actions
+    for action in actions:
+        for reason in action["reasons"]:
+            if reason["location"]:
+                reason["location"] = relative(reason["location"], base)
+        if cap is not None and action["allowed"] and action["action"] not in cap:
+            # As at the token endpoint: the policy's grant, capped by the token signed in with.
+            action["allowed"] = False
+            action["reasons"].append(
+                {
+                    "effect": "deny",
+                    "rule": f"the personal access token you signed in with does not allow "
+                    f"{action['action']}",
+                    "location": None,
+                }
+            )
+    data = {
+        "repository": {"name": name, "namespace": repo.namespace, "slug": repo.namespace or GLOBAL},
+        "subject": result["subject"],
+        "revision": result["revision"],
+        "actions": actions,
+        "granted": [a["action"] for a in actions if a["allowed"]],
+        "token_cap": sorted(cap) if cap is not None else None,
+    }
+    return site.render(request, viewer, "my_rights.html", data)

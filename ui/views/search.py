@@ -1,6 +1,7 @@
 """GET /search?q=TEXT: repositories whose name contains TEXT, and matching tags.
 
 Only what the viewer may pull is searched, so results and counts reveal nothing else.
+Signatures and other attachments (`sha256-<hex>.sig`...) are not tags anyone looks for.
 Scripts depend on this address and on its JSON.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.catalog.attachments import is_attachment
 from ui.site import Site, Viewer
 from ui.views.catalog import tag_row
 
@@ -35,7 +37,7 @@ async def search(site: Site, request: Request, viewer: Viewer) -> Response:
             if needle not in summary.tag_text:
                 continue  # no tag of this repository matches: skip them all at once
             for tag, manifest in repo.tags.items():
-                if needle in tag.lower():
+                if needle in tag.lower() and not is_attachment(tag):
                     total_tags += 1
                     if len(tags) < MOST:
                         tags.append({"repository": name, **tag_row(tag, manifest)})
