@@ -302,7 +302,7 @@ class Doctor:
             known = {key.kid for key in self.keys().keys()}
         except (KeyStoreError, OSError):  # the token check reports unreadable keys
             return []
-        if kid not in known:
+        if known and kid not in known:  # no keys at all: the token check says so
             return [
                 Problem(
                     f"the realm's tokens are signed with key {kid}, which is not in "
@@ -323,7 +323,10 @@ class Doctor:
             return CheckResult(name, "skip", "the registry asks for no token (see challenge)")
         settings = self.settings
         try:
-            key = self.keys().current()
+            keys = self.keys().keys()
+            if not keys:
+                raise KeyStoreError(f"there are none in {self.keys().keys_dir}")
+            key = keys[-1]  # the newest signs
         except (KeyStoreError, OSError) as exc:
             return failed(
                 name,

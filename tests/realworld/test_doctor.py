@@ -377,3 +377,18 @@ def test_a_gateway_that_is_down_fails_what_needs_it(
     assert "Fix: start it (registry-gateway serve), or pass --gateway URL" in run.line("health")
     assert f"does not answer at {own.url}/-/notifications" in run.line("notifications")
     assert run.status("token") == "ok"
+
+
+def test_doctor_without_the_gateways_keys_says_where_it_looked(
+    gateway: Gateway, bundle: Path, start: StartRegistry, tmp_path: Path
+) -> None:
+    """doctor makes no key of its own: pointed at another data dir, the token check fails."""
+    registry = start(token=token_auth(gateway, bundle), notifications=[endpoint(gateway)])
+    elsewhere = tmp_path / "elsewhere"
+    run = doctor(gateway, registry, "--data-dir", str(elsewhere))
+    assert_only_failing(run, "token")
+    assert f"cannot read the gateway's signing keys: there are none in {elsewhere}/keys" in (
+        run.line("token")
+    )
+    assert "Fix: run doctor with the gateway's data dir" in run.line("token")
+    assert not elsewhere.exists()
