@@ -1,18 +1,23 @@
 """The decision engine: a compiled policy that answers who may do what, and why.
 
 Rights come from five sources: admin, namespace visibility, personal namespaces, owning
-teams and grants. Restrictions then remove actions from everyone they do not list. The
-policy is indexed by principal and by the literal first path component of each pattern,
-so a decision only looks at rules that could apply to the caller and the repository.
+teams and grants. Restrictions then remove actions from everyone they do not list. Grants and
+restrictions are filed in a `PatternIndex` by their patterns, and under each pattern by the
+principal they name, so a decision meets only the rules whose patterns match the repository,
+whatever their wildcards, and reads only the entries of the caller's own principals.
+
+Two ways to decide: `decide` (and `repository_rights`) with the reasons for every action, for
+`explain`, policy tests and the UI's explain pages; `granted` (and `may_pull`) with the same
+answer and no reasons, for the token endpoint and the catalog's filter.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from dataclasses import dataclass
 
+from gateway.policy.index import PatternIndex
 from gateway.policy.model import (
     ANONYMOUS,
     AUTHENTICATED,
@@ -29,14 +34,18 @@ from gateway.policy.model import (
     Visibility,
     stronger,
 )
-from gateway.policy.patterns import Pattern, compile_pattern, is_repository_name, namespace_of
+from gateway.policy.patterns import is_repository_name, namespace_of
 
 ALL = "*"
 CATALOG = ("registry", "catalog")
 _EVERY_ACTION = frozenset(REPOSITORY_ACTIONS)
 _EVERY_ACTION_AND_ALL = _EVERY_ACTION | {ALL}
 
-_Rule = TypeVar("_Rule", Grant, Restriction)
+# Under one pattern, by principal (as text: "team:qa"): the union of the actions granted to
+# it there (for `granted`), and the grants with their places in the policy (for reasons).
+_Granted = dict[str, tuple[frozenset[str], tuple[tuple[int, Grant], ...]]]
+# Under one pattern: each restriction, with its place and `only` as principal texts.
+_Restricted = tuple[tuple[int, frozenset[str], Restriction], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,31 +90,6 @@ class Decision:
         return {"type": self.type, "name": self.name, "actions": list(self.granted)}
 
 
-@dataclass(slots=True)
-class _Bucket(Generic[_Rule]):
-    """Rules indexed by the literal first path component of their patterns."""
-
-    by_prefix: dict[str, list[tuple[Pattern, _Rule]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
-    wild: list[tuple[Pattern, _Rule]] = field(default_factory=list)
-
-    def add(self, pattern: Pattern, rule: _Rule) -> None:
-        if pattern.prefix is None:
-            self.wild.append((pattern, rule))
-        else:
-            self.by_prefix[pattern.prefix].append((pattern, rule))
-
-    def matching(self, repository: str) -> Iterable[_Rule]:
-        head = repository.partition("/")[0]
-        for pattern, rule in self.by_prefix.get(head, ()):
-            if pattern.matches(repository):
-                yield rule
-        for pattern, rule in self.wild:
-            if pattern.matches(repository):
-                yield rule
-
-
 class Engine:
     """A policy compiled for fast decisions. Immutable once built; safe to share."""
 
@@ -118,16 +102,14 @@ class Engine:
     def _compile(self, policy: Policy) -> None:
         self.policy = policy
         self.revision = policy.revision
-        self._grants: dict[Principal, _Bucket[Grant]] = defaultdict(_Bucket)
-        for grant in policy.grants:
-            for text in grant.repositories:
-                pattern = compile_pattern(text)
-                for principal in set(grant.to):
-                    self._grants[principal].add(pattern, grant)
-        self._restrictions: _Bucket[Restriction] = _Bucket()
-        for restriction in policy.restrictions:
-            for text in restriction.repositories:
-                self._restrictions.add(compile_pattern(text), restriction)
+        self._grants: PatternIndex[tuple[int, Grant], _Granted] = PatternIndex(
+            ((grant.repositories, (i, grant)) for i, grant in enumerate(policy.grants)),
+            _granted_value,
+        )
+        self._restrictions: PatternIndex[tuple[int, Restriction], _Restricted] = PatternIndex(
+            ((r.repositories, (i, r)) for i, r in enumerate(policy.restrictions)),
+            _restricted_value,
+        )
         self._memberships: dict[Principal, dict[str, Role]] = defaultdict(dict)
         self._groups: dict[str, list[tuple[str, Role]]] = defaultdict(list)
         for team in policy.teams.values():
@@ -136,13 +118,11 @@ class Engine:
                 held[team.name] = stronger(held.get(team.name), role)
             for group, role in team.ldap_groups:
                 self._groups[group.lower()].append((team.name, role))
-        # For `granted`: Subject -> (is admin, teams, principals, grant buckets of those
-        # principals). Only plain dict get/set/clear touch it, each atomic under the GIL, so
-        # concurrent callers at worst derive the same facts twice. The engine never changes
-        # (a new policy builds a new engine), so nothing in the memo goes stale.
-        self._subject_facts: dict[
-            Subject, tuple[bool, dict[str, Role], frozenset[Principal], tuple[_Bucket[Grant], ...]]
-        ] = {}
+        # For `granted`: Subject -> (is admin, teams, principals as text). Only plain dict
+        # get/set/clear touch it, each atomic under the GIL, so concurrent callers at worst
+        # derive the same facts twice. The engine never changes (a new policy builds a new
+        # engine), so nothing in the memo goes stale.
+        self._subject_facts: dict[Subject, tuple[bool, dict[str, Role], frozenset[str]]] = {}
 
     # -- who is asking -------------------------------------------------------------------
 
@@ -273,23 +253,31 @@ class Engine:
                     via = Principal("team", team)
                     allow(role.actions, Reason("allow", rule, namespace.location, via))
 
-        for principal in principals:
-            bucket = self._grants.get(principal)
-            if bucket is None:
-                continue
-            for grant in _unique(bucket.matching(repository)):
-                allow(
-                    grant.actions,
-                    Reason("allow", _describe_grant(grant, principal), grant.location, principal),
-                )
+        by_key = {str(p): p for p in principals}
+        grants: dict[tuple[int, str], Grant] = {}
+        for granted in self._grants.matching(repository):
+            for key in by_key:
+                entry = granted.get(key)
+                if entry is not None:
+                    for place, grant in entry[1]:
+                        grants[place, key] = grant
+        for (_, key), grant in sorted(grants.items(), key=lambda item: item[0]):
+            principal = by_key[key]
+            rule = _describe_grant(grant, principal)
+            allow(grant.actions, Reason("allow", rule, grant.location, principal))
 
         denies: dict[str, list[Reason]] = {action: [] for action in REPOSITORY_ACTIONS}
-        for restriction in _unique(self._restrictions.matching(repository)):
-            if principals.isdisjoint(restriction.only):
-                only = ", ".join(str(p) for p in restriction.only) or "nobody"
-                rule = f"restricted to {only} on {', '.join(restriction.repositories)}"
-                for action in restriction.actions:
-                    denies[action].append(Reason("deny", rule, restriction.location))
+        restrictions = {
+            place: restriction
+            for restricted in self._restrictions.matching(repository)
+            for place, only, restriction in restricted
+            if by_key.keys().isdisjoint(only)
+        }
+        for _, restriction in sorted(restrictions.items(), key=lambda item: item[0]):
+            only = ", ".join(str(p) for p in restriction.only) or "nobody"
+            rule = f"restricted to {only} on {', '.join(restriction.repositories)}"
+            for action in restriction.actions:
+                denies[action].append(Reason("deny", rule, restriction.location))
 
         rights: dict[str, tuple[bool, tuple[Reason, ...]]] = {}
         for action in REPOSITORY_ACTIONS:
@@ -320,8 +308,10 @@ class Engine:
             )
 
     def may_pull(self, subject: Subject, repository: str) -> bool:
-        """Shorthand for the catalog views."""
-        return self.repository_rights(subject, repository)[PULL][0]
+        """Whether `subject` may pull `repository` (for the catalog's filter): no reasons."""
+        return is_repository_name(repository) and PULL in self._allowed_repository_actions(
+            subject, repository
+        )
 
     # -- the token endpoint's fast path --------------------------------------------------
 
@@ -343,16 +333,14 @@ class Engine:
             return (ALL,) if self._facts(subject)[0] else ()
         return ()
 
-    def _facts(
-        self, subject: Subject
-    ) -> tuple[bool, dict[str, Role], frozenset[Principal], tuple[_Bucket[Grant], ...]]:
-        """What `granted` needs of a subject whatever the repository, memoised per subject."""
+    def _facts(self, subject: Subject) -> tuple[bool, dict[str, Role], frozenset[str]]:
+        """What `granted` needs of a subject whatever the repository, memoised per subject:
+        whether an admin, its teams, and its principals as text (the index's keys)."""
         facts = self._subject_facts.get(subject)
         if facts is None:
             teams = self.teams_of(subject)
-            principals = frozenset(self.principals(subject, teams))
-            buckets = tuple(self._grants[p] for p in principals if p in self._grants)
-            facts = (self.is_admin(subject), teams, principals, buckets)
+            keys = frozenset(str(p) for p in self.principals(subject, teams))
+            facts = (self.is_admin(subject), teams, keys)
             memo = self._subject_facts
             if len(memo) >= self.SUBJECT_MEMO_SIZE:
                 memo.clear()
@@ -367,17 +355,17 @@ class Engine:
         restrictions that list none of the subject's principals -- and must be kept in sync
         with it; a property test checks that the two agree.
         """
-        admin, teams, principals, buckets = self._facts(subject)
+        admin, teams, keys = self._facts(subject)
         allowed = set(_EVERY_ACTION) if admin else set()
         policy = self.policy
         ns_name = namespace_of(repository)
         if not ns_name:
-            if _may_see(principals, policy.settings.global_namespace):
+            if _may_see(keys, policy.settings.global_namespace):
                 allowed.add(PULL)
         else:
             namespace = policy.namespaces.get(ns_name)
             if namespace is not None:
-                if _may_see(principals, namespace.visibility):
+                if _may_see(keys, namespace.visibility):
                     allowed.add(PULL)
                 if namespace.personal and subject.kind == "user" and subject.name == ns_name:
                     allowed |= Role.OWNER.actions
@@ -386,29 +374,51 @@ class Engine:
                     if role is not None:
                         allowed |= role.actions
         if len(allowed) < len(_EVERY_ACTION):
-            for bucket in buckets:
-                for grant in bucket.matching(repository):
-                    allowed |= grant.actions
-        for restriction in self._restrictions.matching(repository):
-            if principals.isdisjoint(restriction.only):
-                allowed -= restriction.actions
+            for granted in self._grants.matching(repository):
+                if len(granted) <= len(keys):
+                    for key, entry in granted.items():
+                        if key in keys:
+                            allowed |= entry[0]
+                else:
+                    for key in keys:
+                        found = granted.get(key)
+                        if found is not None:
+                            allowed |= found[0]
+        for restricted in self._restrictions.matching(repository):
+            for _, only, restriction in restricted:
+                if keys.isdisjoint(only):
+                    allowed -= restriction.actions
         return frozenset(allowed)
 
 
-def _may_see(principals: frozenset[Principal], visibility: Visibility) -> bool:
+_AUTHENTICATED = str(AUTHENTICATED)
+
+
+def _may_see(keys: frozenset[str], visibility: Visibility) -> bool:
     """Whether a namespace's visibility lets these principals pull (as `Engine._visibility`)."""
     return visibility is Visibility.PUBLIC or (
-        visibility is Visibility.PROTECTED and AUTHENTICATED in principals
+        visibility is Visibility.PROTECTED and _AUTHENTICATED in keys
     )
 
 
-def _unique(rules: Iterable[_Rule]) -> Iterable[_Rule]:
-    """Each rule once, even when several of its patterns match."""
-    seen: set[int] = set()
-    for rule in rules:
-        if id(rule) not in seen:
-            seen.add(id(rule))
-            yield rule
+def _granted_value(items: list[tuple[int, Grant]]) -> _Granted:
+    """What the grant index holds under one pattern (see `_Granted`)."""
+    actions: dict[str, set[str]] = {}
+    grants: dict[str, dict[int, Grant]] = {}
+    for place, grant in items:
+        for principal in grant.to:
+            key = str(principal)
+            actions.setdefault(key, set()).update(grant.actions)
+            grants.setdefault(key, {})[place] = grant
+    return {key: (frozenset(actions[key]), tuple(grants[key].items())) for key in actions}
+
+
+def _restricted_value(items: list[tuple[int, Restriction]]) -> _Restricted:
+    """What the restriction index holds under one pattern (see `_Restricted`)."""
+    unique = dict(items)
+    return tuple(
+        (place, frozenset(str(p) for p in r.only), r) for place, r in sorted(unique.items())
+    )
 
 
 def _describe_grant(grant: Grant, principal: Principal) -> str:

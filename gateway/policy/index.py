@@ -1,0 +1,230 @@
+"""Repository patterns indexed for matching: every pattern that matches a name, found without
+testing the patterns one by one.
+
+Patterns are grouped by their first path component when it is literal (`platform/**`), so a
+name meets only the patterns of its own first component; the rest (`**/cache`, `*/tools`,
+`ci-*/**`) form one floating group that every name meets. Each group is compiled into a trie
+over path components when a name first needs it (a large policy has tens of thousands of
+groups, most of which a given gateway never meets): a literal component is a dictionary
+lookup, `*` is one edge, a component of text and `*` (`api-*`, `*-cache`) is found through its
+literal prefix or suffix, and `**` is a node that may absorb any number of components. A name
+is matched by walking its components with the set of nodes it may be in (an automaton: `**`
+never backtracks), so the cost grows with the name's length and the patterns that do match,
+not with how many patterns the policy holds.
+
+Semantics are those of `patterns.compile_pattern` on valid repository names: `*` matches within
+one component, `**` zero or more whole components.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+V = TypeVar("V")
+
+
+class _Globs:
+    """The children of one node reached through components such as `api-*` or `*-cache`,
+    found by the component's literal prefix, else its literal suffix, else by trying each."""
+
+    __slots__ = ("nodes", "other", "prefix_stems", "prefixes", "suffix_stems", "suffixes")
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, _Node] = {}
+        self.prefixes: dict[str, list[tuple[re.Pattern[str], _Node]]] = {}
+        self.suffixes: dict[str, list[tuple[re.Pattern[str], _Node]]] = {}
+        self.prefix_stems: frozenset[str] = frozenset()
+        self.suffix_stems: frozenset[str] = frozenset()
+        self.other: list[tuple[re.Pattern[str], _Node]] = []
+
+    def child(self, component: str) -> _Node:
+        """The child reached through `component`, made on first use."""
+        node = self.nodes.get(component)
+        if node is None:
+            node = self.nodes[component] = _Node()
+            self._file(component, node)
+        return node
+
+    def _file(self, component: str, node: _Node) -> None:
+        matcher = re.compile(".*".join(re.escape(piece) for piece in component.split("*")))
+        head, _, _ = component.partition("*")
+        tail = component.rpartition("*")[2]
+        if head:
+            self.prefixes.setdefault(head, []).append((matcher, node))
+        elif tail:
+            self.suffixes.setdefault(tail, []).append((matcher, node))
+        else:
+            self.other.append((matcher, node))
+
+    def seal(self) -> None:
+        self.prefix_stems = frozenset(p[:k] for p in self.prefixes for k in range(1, len(p) + 1))
+        self.suffix_stems = frozenset(s[-k:] for s in self.suffixes for k in range(1, len(s) + 1))
+
+    def children(self, component: str, out: list[_Node]) -> None:
+        """Append the closures of the children whose component matches `component`."""
+        stems, prefixes = self.prefix_stems, self.prefixes
+        k = 1
+        while k <= len(component) and component[:k] in stems:
+            for matcher, node in prefixes.get(component[:k], ()):
+                if matcher.fullmatch(component):
+                    out.extend(node.closure)
+            k += 1
+        stems, suffixes = self.suffix_stems, self.suffixes
+        k = 1
+        while k <= len(component) and component[-k:] in stems:
+            for matcher, node in suffixes.get(component[-k:], ()):
+                if matcher.fullmatch(component):
+                    out.extend(node.closure)
+            k += 1
+        for matcher, node in self.other:
+            if matcher.fullmatch(component):
+                out.extend(node.closure)
+
+
+class _Node:
+    """One state of the trie: where a name may be after some of its components."""
+
+    __slots__ = ("closure", "globs", "items", "literal", "loop", "rest", "star", "value")
+
+    def __init__(self, loop: bool = False) -> None:
+        self.literal: dict[str, _Node] | None = None
+        self.star: _Node | None = None
+        self.globs: _Globs | None = None
+        self.rest: _Node | None = None  # the `**` child, entered without consuming anything
+        self.loop = loop  # this node is a `**`: it absorbs any component
+        self.items: list[object] | None = None  # what the patterns ending here carry
+        self.value: object | None = None
+        self.closure: tuple[_Node, ...] = (self,)
+
+    def insert(self, components: Sequence[str], item: object) -> None:
+        node = self
+        for component in components:
+            if component == "**":
+                if node.rest is None:
+                    node.rest = _Node(loop=True)
+                node = node.rest
+            elif component == "*":
+                if node.star is None:
+                    node.star = _Node()
+                node = node.star
+            elif "*" in component:
+                if node.globs is None:
+                    node.globs = _Globs()
+                node = node.globs.child(component)
+            else:
+                if node.literal is None:
+                    node.literal = {}
+                child = node.literal.get(component)
+                if child is None:
+                    child = node.literal[component] = _Node()
+                node = child
+        if node.items is None:
+            node.items = []
+        node.items.append(item)
+
+    def seal(self, value: Callable[[list[object]], object]) -> None:
+        """Compute values and closures below this node, once every pattern is inserted."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            if node.items is not None:
+                node.value = value(node.items)
+                node.items = None
+            if node.rest is not None:
+                node.closure = (node, node.rest)
+                stack.append(node.rest)
+            if node.star is not None:
+                stack.append(node.star)
+            if node.literal is not None:
+                stack.extend(node.literal.values())
+            if node.globs is not None:
+                node.globs.seal()
+                stack.extend(node.globs.nodes.values())
+
+
+def _walk(states: Sequence[_Node], parts: list[str], start: int, out: list[object]) -> None:
+    """Append the values of the patterns that match `parts[start:]` from `states`."""
+    for i in range(start, len(parts)):
+        component = parts[i]
+        following: list[_Node] = []
+        for node in states:
+            if node.loop:
+                following.append(node)
+            literal = node.literal
+            if literal is not None:
+                child = literal.get(component)
+                if child is not None:
+                    following.extend(child.closure)
+            if node.star is not None:
+                following.extend(node.star.closure)
+            if node.globs is not None:
+                node.globs.children(component, following)
+        if not following:
+            return
+        states = list(dict.fromkeys(following)) if len(following) > 1 else following
+    for node in states:
+        if node.value is not None:
+            out.append(node.value)
+
+
+FLOATING = "*"  # the group key of patterns whose first component is not literal
+
+
+class PatternIndex(Generic[T, V]):
+    """Items filed under repository patterns; `matching(name)` gives, for each pattern that
+    matches `name`, `value(items filed under it)`, each pattern once, in no particular order.
+
+    Immutable once built, apart from compiling each group on first use (idempotent: two
+    threads compiling the same group build equal tries and one of them is kept)."""
+
+    def __init__(
+        self,
+        rules: Iterable[tuple[Iterable[str], T]],
+        value: Callable[[list[T]], V],
+    ) -> None:
+        self._value = value
+        groups: dict[str, list[tuple[str, T]]] = {}
+        for patterns, item in rules:
+            for text in patterns:
+                head = text.partition("/")[0]
+                key = FLOATING if "*" in head else head
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [(text, item)]
+                else:
+                    group.append((text, item))
+        self._groups = groups
+        self._compiled: dict[str, _Node] = {}
+
+    def __len__(self) -> int:
+        """How many (pattern, item) pairs are filed."""
+        return sum(len(group) for group in self._groups.values())
+
+    def _root(self, key: str) -> _Node | None:
+        root = self._compiled.get(key)
+        if root is None:
+            group = self._groups.get(key)
+            if group is None:
+                return None
+            root = _Node()
+            skip = 0 if key == FLOATING else 1
+            for text, item in group:
+                root.insert(text.split("/")[skip:], item)
+            root.seal(self._value)  # type: ignore[arg-type]
+            self._compiled[key] = root
+        return root
+
+    def matching(self, name: str) -> list[V]:
+        """The values of every pattern that matches the repository `name`."""
+        parts = name.split("/")
+        out: list[object] = []
+        root = self._root(parts[0])
+        if root is not None:
+            _walk(root.closure, parts, 1, out)
+        floating = self._root(FLOATING)
+        if floating is not None:
+            _walk(floating.closure, parts, 0, out)
+        return out  # type: ignore[return-value]

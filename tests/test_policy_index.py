@@ -1,0 +1,90 @@
+"""The pattern index finds exactly the patterns that match a name, for patterns of every shape
+the pattern language allows: literal, `*`, `**` first, in the middle and last, and components
+of text and `*` (`a*`, `*-b`, `a*b`, `*a*`)."""
+
+from __future__ import annotations
+
+import fnmatch
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.policy.index import PatternIndex
+from gateway.policy.patterns import PatternError, compile_pattern
+
+PIECES = ("", "a", "b", "ab", "a-b", "b.a")
+NAME_COMPONENTS = ("a", "b", "ab", "ba", "a-b", "aab", "abb", "b.a", "a-b-b", "x")
+
+
+def reference(pattern: str, name: str) -> bool:
+    """Brute force: `*` within one component (fnmatch), `**` any number of components."""
+
+    def match(pattern: list[str], parts: list[str]) -> bool:
+        if not pattern:
+            return not parts
+        head, rest = pattern[0], pattern[1:]
+        if head == "**":
+            return any(match(rest, parts[i:]) for i in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and match(rest, parts[1:])
+
+    return match(pattern.split("/"), name.split("/"))
+
+
+glob_components = st.lists(st.sampled_from(PIECES), min_size=2, max_size=4).map("*".join)
+components = st.one_of(
+    st.sampled_from(("a", "b", "ab", "a-b", "x", "*", "**")),
+    glob_components,
+)
+
+
+def valid(text: str) -> bool:
+    try:
+        compile_pattern(text)
+    except PatternError:
+        return False
+    return True
+
+
+patterns = st.lists(components, min_size=1, max_size=5).map("/".join).filter(valid)
+names = st.lists(st.sampled_from(NAME_COMPONENTS), min_size=1, max_size=6).map("/".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(patterns, min_size=1, max_size=25), probes=st.lists(names, max_size=30))
+def test_matching_finds_exactly_the_matching_patterns(texts: list[str], probes: list[str]) -> None:
+    index = PatternIndex([((text,), text) for text in texts], lambda items: frozenset(items))
+    for name in probes + [text.replace("**", "a").replace("*", "b") for text in texts]:
+        found: set[str] = set()
+        for value in index.matching(name):
+            assert not found & value, "a pattern found twice"
+            found |= value
+        expected = {text for text in texts if reference(text, name)}
+        assert found == expected, name
+        assert expected == {text for text in texts if compile_pattern(text).matches(name)}
+
+
+def test_each_pattern_carries_every_item_filed_under_it() -> None:
+    rules = [(("a/**", "**/b"), 1), (("a/**",), 2), (("c",), 3), (("*/b", "a/**"), 4)]
+    index = PatternIndex(rules, lambda items: tuple(sorted(items)))
+    assert sorted(index.matching("a/b")) == [(1,), (1, 2, 4), (4,)]
+    assert index.matching("c") == [(3,)]
+    assert index.matching("d/e") == []
+    assert len(index) == 6
+
+
+def test_components_of_text_and_star_are_found_by_prefix_suffix_or_both() -> None:
+    texts = ["api-*", "*-cache", "*a*", "w*b", "ns/x*y*z", "**/v*/**"]
+    index = PatternIndex([((t,), t) for t in texts], lambda items: items[0])
+    cases = {
+        "api-v1": {"api-*", "*a*"},
+        "go-cache": {"*-cache", "*a*"},
+        "web": {"w*b"},
+        "wb": {"w*b"},
+        "ns/xyz": {"ns/x*y*z"},
+        "ns/xayz": {"ns/x*y*z"},
+        "ns/yxz": set(),
+        "a/v2/b": {"**/v*/**"},
+        "v": {"**/v*/**"},
+    }
+    for name, expected in cases.items():
+        assert set(index.matching(name)) == expected, name
