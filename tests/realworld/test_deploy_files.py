@@ -22,6 +22,7 @@ from tests.support.binaries import require
 from tests.support.certs import self_signed
 from tests.support.deploy import (
     DEPLOY,
+    KUBERNETES,
     REPLICAS,
     REPO,
     compose_file,
@@ -185,6 +186,71 @@ def test_the_registry_starts_with_the_committed_config(
     assert "Authorization:[Bearer secret-for-test]" in logged
 
 
+def test_registry_auth_agrees_with_the_gateway_settings_in_kubernetes(
+    manifests: dict[str, dict[str, Any]],
+) -> None:
+    """deploy/kubernetes/registry/config.yml: `registry-config` with the ConfigMap's settings
+    prints exactly its auth section, and its notification endpoint is the printed one, sent to
+    the gateway's Service."""
+    config = yaml.safe_load((KUBERNETES / "registry" / "config.yml").read_text())
+    settings = dict(manifests["ConfigMap/registry-gateway-settings"]["data"])
+    settings["REGISTRY_GATEWAY_NOTIFICATION_SECRET"] = "any"
+    bundle = config["auth"]["token"]["rootcertbundle"]
+    proc = gateway_cli("registry-config", "--rootcertbundle", bundle, env=settings)
+    assert proc.returncode == 0, proc.stderr
+    printed = yaml.safe_load(proc.stdout)
+    assert printed["auth"] == config["auth"]
+    (generated,) = printed["notifications"]["endpoints"]
+    (endpoint,) = config["notifications"]["endpoints"]
+    assert {k: v for k, v in endpoint.items() if k != "url"} == {
+        k: v for k, v in generated.items() if k != "url"
+    }
+
+
+def test_the_registry_starts_with_the_kubernetes_config(
+    tmp_path: Path, manifests: dict[str, dict[str, Any]]
+) -> None:
+    """Debian's Distribution 2.8 reads the Kubernetes config.yml after the container's command
+    put the secret in, with the pod's paths moved to tmp."""
+    binary = require("docker-registry", "docker-registry")
+    proc = gateway_cli("keys", "bundle", "--data-dir", str(tmp_path / "data"), "-o",
+                       str(tmp_path / "bundle.pem"), env={})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    command = manifests["Deployment/registry"]["spec"]["template"]["spec"]["containers"][0]
+    script = command["args"][0].replace("/etc/docker/registry/config/", f"{KUBERNETES}/registry/")
+    script = script.replace("/tmp/config.yml", str(tmp_path / "config.yml"))
+    sed_line, exec_line = script.strip().splitlines()
+    port = free_port()
+    subprocess.run(["sh", "-ec", sed_line], env={"NOTIFICATION_SECRET": "secret-for-test"},
+                   check=True, timeout=30)  # fmt: skip
+    config = tmp_path / "config.yml"
+    text = (
+        config.read_text()
+        .replace("/etc/docker/registry/auth/registry-gateway.pem", str(tmp_path / "bundle.pem"))
+        .replace("/var/lib/registry", str(tmp_path / "storage"))
+        .replace("addr: :5000", f"addr: 127.0.0.1:{port}")
+    )
+    config.write_text(text)
+    assert exec_line == f"exec registry serve {config}"
+    log = tmp_path / "registry.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([binary, "serve", str(config)], stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 10
+        while f"listening on 127.0.0.1:{port}" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(10)
+    logged = log.read_text()
+    assert (
+        "configuring endpoint registry-gateway (http://registry-gateway/-/notifications)" in logged
+    )
+    assert "Authorization:[Bearer secret-for-test]" in logged
+
+
 # -- nginx.conf -----------------------------------------------------------------------------
 
 
@@ -298,7 +364,7 @@ def test_nginx_lets_only_loopback_read_metrics(tmp_path: Path) -> None:
 def test_deployment_keys_policy_and_secrets(
     manifests: dict[str, dict[str, Any]], kustomization: dict[str, Any]
 ) -> None:
-    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    pod = manifests["Deployment/registry-gateway"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     generated = {g["name"]: g for g in kustomization["secretGenerator"]}
@@ -324,15 +390,32 @@ def test_deployment_keys_policy_and_secrets(
         references.append(ref["name"])
         keys = [f.split("=")[0] for f in generated[ref["name"]]["files"]]
         assert ref["key"] in keys, (name, ref)
-    for tls in manifests["Ingress"]["spec"]["tls"]:
-        references.append(tls["secretName"])
-        assert generated[tls["secretName"]]["type"] == "kubernetes.io/tls"
+    # The registry's: its http.secret, and the gateway's notification secret.
+    registry = manifests["Deployment/registry"]["spec"]["template"]["spec"]
+    for entry in registry["containers"][0]["env"]:
+        ref = entry["valueFrom"]["secretKeyRef"]
+        references.append(ref["name"])
+        assert ref["key"] in [f.split("=")[0] for f in generated[ref["name"]]["files"]], ref
+    for name in ("registry-gateway", "registry"):
+        for tls in manifests[f"Ingress/{name}"]["spec"]["tls"]:
+            references.append(tls["secretName"])
+            assert generated[tls["secretName"]]["type"] == "kubernetes.io/tls"
     assert set(references) == set(generated)
+    # Every file a generator reads is one docs/deploy.md tells how to make, under secrets/.
+    steps = (REPO / "docs" / "deploy.md").read_text()
+    for generator in (*kustomization["secretGenerator"], *kustomization["configMapGenerator"]):
+        for entry in generator["files"]:
+            source = entry.split("=")[1]
+            if source.startswith("secrets/"):
+                assert source.removeprefix("secrets/") in steps, source
     (source,) = container["envFrom"]
-    assert source["configMapRef"]["name"] == manifests["ConfigMap"]["metadata"]["name"]
+    assert (
+        source["configMapRef"]["name"]
+        == manifests["ConfigMap/registry-gateway-settings"]["metadata"]["name"]
+    )
 
     # The policy from git; every setting in the ConfigMap is one `serve` knows.
-    settings = manifests["ConfigMap"]["data"]
+    settings = manifests["ConfigMap/registry-gateway-settings"]["data"]
     assert settings["REGISTRY_GATEWAY_POLICY_GIT"].startswith("https://")
     help_text = serve_help()
     for name in settings:

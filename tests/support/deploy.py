@@ -73,11 +73,14 @@ def kustomization_file() -> dict[str, Any]:
     return data
 
 
-def kubernetes_manifests(kustomization: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every resource the kustomization lists, by kind (one of each here)."""
+def kubernetes_manifests(
+    kustomization: dict[str, Any], directory: Path = KUBERNETES
+) -> dict[str, dict[str, Any]]:
+    """Every resource the kustomization lists, by `Kind/name` (`Deployment/registry`)."""
     out: dict[str, dict[str, Any]] = {}
     for name in kustomization["resources"]:
-        for document in yaml.safe_load_all((KUBERNETES / name).read_text()):
-            assert document["kind"] not in out
-            out[document["kind"]] = document
+        for document in yaml.safe_load_all((directory / name).read_text()):
+            key = f"{document['kind']}/{document['metadata']['name']}"
+            assert key not in out, key
+            out[key] = document
     return out
