@@ -188,6 +188,7 @@ def write_registry_config(layout: Layout, secret: str) -> None:
         "--issuer", ISSUER,
         "--public-url", layout.gateway_url,
         "--rootcertbundle", str(layout.bundle),
+        "--data-dir", str(layout.data),  # signingalgorithms: those of the keys made above
         env=env,
     )  # fmt: skip
     generated = yaml.safe_load(printed)
