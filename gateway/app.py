@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             extra={"event": "started", "listen": settings.listen},
         )
         tasks = background.start(services)
+        services.events.start()
         # Everything built so far lives as long as the server: out of every later collection,
         # so that a full collection walks only what requests leave behind (the caches).
         collector.freeze_survivors()
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             services.draining.set()
             for task in tasks:
                 task.cancel()
+            await services.events.stop()
             if services.catalog is not None:
                 await services.catalog.client.close()
             services.audit.close()

@@ -120,13 +120,15 @@ async def watch_keys(services: Services) -> None:
         try:
             before = keys.current().kid
             await asyncio.to_thread(keys.reload)
-            after = keys.current().kid
+            current = keys.current()
+            after = current.kid
             if after != before:
                 log.info(
                     "now signing with key %s",
                     after,
                     extra={"event": "key_rotated", "kid": after},
                 )
+                services.events.key_rotated(after, before, current.algorithm)
         except Exception:
             log.exception("re-reading signing keys failed; still signing with the previous key")
 

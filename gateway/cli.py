@@ -217,6 +217,37 @@ def build_parser() -> argparse.ArgumentParser:
     hashpw.add_argument("--stdin", action="store_true", help="read from stdin even on a terminal")
     hashpw.set_defaults(func=commands.cmd_hash_password)
 
+    # -- webhooks (docs/events.md) -------------------------------------------------------
+    webhook = sub.add_parser("webhook", help="webhooks: send a sample event to a subscription")
+    webhook_sub = webhook.add_subparsers(dest="webhook_command", metavar="ACTION", required=True)
+    webhook_test = webhook_sub.add_parser(
+        "test",
+        help="send a sample event, signed, to the webhook NAME of the policy",
+        description="Read the policy, find the webhook NAME in its webhooks: section, and send "
+        'it one sample event (marked "test": true in its data), signed with its secret from '
+        "its secret_env or secret_file, as the server would, with a short retry. Exit status 0 "
+        "when the receiver answered 2xx, 1 when it did not, 2 for an unknown NAME.",
+        epilog="example: DEPLOY_HOOK_SECRET=... registry-gateway webhook test deploy",
+    )
+    webhook_test.add_argument("name", metavar="NAME", help="the webhook's name in the policy")
+    webhook_test.add_argument(
+        "--event",
+        metavar="TYPE",
+        help="the sample's type, e.g. image.pushed (default: the first the webhook takes)",
+    )
+    add_flags(
+        webhook_test,
+        (
+            "policies",
+            "public_url",
+            "registry_public",
+            "registry_url",
+            "webhook_timeout",
+            "data_dir",
+        ),
+    )
+    webhook.set_defaults(func=commands.cmd_webhook)
+
     # -- robot and personal access token secrets (docs/authentication.md) ----------------
     robot = sub.add_parser("robot", help="robot accounts: create a secret and its policy entry")
     robot_sub = robot.add_subparsers(dest="robot_command", metavar="ACTION", required=True)

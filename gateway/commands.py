@@ -455,3 +455,62 @@ def cmd_token_decode(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    """`webhook test NAME`: send a sample event to one subscription of the policy, now."""
+    import asyncio
+
+    from gateway.events.publisher import Events
+    from gateway.policy.source import PolicySource
+    from gateway.policy.webhooks import EVENT_TYPES, full_type
+
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"registry-gateway webhook: {exc}", file=sys.stderr)
+        return 2
+    source = PolicySource(settings.policies)
+    if not source.reload():
+        print(
+            f"registry-gateway webhook: the policy in {settings.policies} is not valid:\n"
+            f"{source.status().last_error}",
+            file=sys.stderr,
+        )
+        return 1
+    events = Events(settings, source)
+    webhooks = events.subscriptions().webhooks
+    webhook = webhooks.get(args.name)
+    if webhook is None:
+        known = ", ".join(sorted(webhooks)) or "none"
+        print(
+            f"registry-gateway webhook: no webhook {args.name!r} in {settings.policies} "
+            f"(webhooks: {known})",
+            file=sys.stderr,
+        )
+        return 2
+    kind = args.event.removeprefix("registry-gateway.") if args.event else None
+    if kind is not None and kind not in EVENT_TYPES:
+        print(f"registry-gateway webhook: unknown event type {args.event!r}", file=sys.stderr)
+        return 2
+
+    async def send() -> Any:
+        try:
+            return await events.send_test(webhook, kind)
+        finally:
+            await events.stop()
+
+    delivery = asyncio.run(send())
+    what = f"sample {full_type(delivery.type)} event {delivery.event_id} to {webhook.url}"
+    answer = f"HTTP {delivery.http_status}" if delivery.http_status else "no answer"
+    if delivery.status == "delivered":
+        print(
+            f"webhook {webhook.name}: delivered {what}: {answer} in {delivery.latency_ms} ms "
+            f"after {delivery.attempts} {'try' if delivery.attempts == 1 else 'tries'}"
+        )
+        return 0
+    print(
+        f"webhook {webhook.name}: NOT delivered ({delivery.status}) {what}: {delivery.error}",
+        file=sys.stderr,
+    )
+    return 1

@@ -363,6 +363,34 @@ FIELDS: tuple[Field, ...] = (
     Field("ldap_group_attribute", "memberOf", str, "user attribute listing group DNs"),
     Field("ldap_connect_timeout", 3.0, _duration, "LDAP connect timeout"),
     Field("ldap_timeout", 5.0, _duration, "LDAP answer timeout"),
+    # -- webhooks (docs/events.md); the subscriptions are policy, their secrets env or files --
+    Field(
+        "webhook_queue_size",
+        10000,
+        _int(1, 1_000_000),
+        "events waiting to be sent, and per subscription; when full the oldest is dropped "
+        "(and counted)",
+    ),
+    Field("webhook_timeout", 5.0, _duration, "how long one webhook request may take"),
+    Field(
+        "webhook_backoff",
+        1.0,
+        _duration,
+        "first wait before sending a failed webhook again (doubled each time, at most 60 s, "
+        "randomised)",
+    ),
+    Field(
+        "webhook_retry_time",
+        600.0,
+        _duration,
+        "how long a webhook delivery is retried in all before it is given up",
+    ),
+    Field(
+        "webhook_log_size",
+        50,
+        _int(1, 10000),
+        "deliveries kept per subscription for the Status page",
+    ),
     # -- request limits (docs/configuration.md, "Limits") ----------------------------------
     Field(
         "max_body_bytes",
@@ -453,6 +481,11 @@ class Settings:
     ldap_group_attribute: str
     ldap_connect_timeout: float
     ldap_timeout: float
+    webhook_queue_size: int
+    webhook_timeout: float
+    webhook_backoff: float
+    webhook_retry_time: float
+    webhook_log_size: int
     max_body_bytes: int
     max_header_bytes: int
     max_headers: int

@@ -62,6 +62,34 @@ CATALOG_REFRESH = Gauge(
     "How long the last full catalog refresh took.",
     multiprocess_mode="livemax",
 )
+EVENTS = Counter(
+    "registry_gateway_events_total",
+    "Events taken off the queue, by type and what became of them (dispatched to subscriptions, "
+    "unsubscribed, claimed_elsewhere: another replica delivers it).",
+    ["type", "result"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "registry_gateway_webhook_deliveries_total",
+    "Webhook deliveries by subscription and outcome (delivered, failed, gave_up, no_secret).",
+    ["webhook", "outcome"],
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "registry_gateway_webhook_attempts_total",
+    "Webhook requests sent, by subscription and result (2xx, 3xx, 4xx, 5xx, timeout, error).",
+    ["webhook", "result"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "registry_gateway_webhook_request_seconds",
+    "Time a webhook receiver took to answer one request.",
+    ["webhook"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WEBHOOK_DROPPED = Counter(
+    "registry_gateway_webhook_dropped_total",
+    "Events dropped unsent because a bounded queue was full (queue: before matching; outbox: "
+    "one subscription's, behind a slow or dead receiver).",
+    ["where"],
+)
 
 _last_revision: str | None = None
 

@@ -14,12 +14,14 @@ from gateway import metrics
 from gateway.audit import AuditLog
 from gateway.auth.identity import Authenticator
 from gateway.auth.keys import KeyStore
+from gateway.auth.lockout import Announcing
 from gateway.auth.reuse import Reuse
 from gateway.auth.service import TokenService
 from gateway.auth.tokens import TokenIssuer
 from gateway.catalog.index import CatalogIndex
 from gateway.catalog.registry import RegistryClient
 from gateway.config import Settings
+from gateway.events.publisher import Events
 from gateway.policy.gitsource import GitRemote, GitSyncError
 from gateway.policy.source import PolicySource
 
@@ -49,7 +51,13 @@ class Services:
             refresh_ttl=settings.refresh_ttl,
         )
         self.audit = AuditLog(settings.audit_log)
+        # Events out (webhooks): the queue the hooks below put on, the sender (docs/events.md).
+        self.events = Events(settings, self.source)
+        self.source.listeners.append(self.events.policy_loaded)
         self.authenticator = Authenticator.from_settings(settings)
+        self.authenticator.throttle = Announcing(
+            self.authenticator.throttle, self.events.locked_out
+        )
         self.tokens = TokenService(
             service=settings.service,
             realm=settings.realm,
@@ -62,6 +70,7 @@ class Services:
                 window=min(30.0, settings.token_ttl / 10),
                 auth_cache_ttl=self.authenticator.cache.ttl,
             ),
+            on_answer=self.events.token_denied,
         )
         self.catalog: CatalogIndex | None = None
         if settings.registry_url:

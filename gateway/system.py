@@ -111,6 +111,7 @@ class SystemViews:
                 len(raw),
                 extra={"event": "notification_ignored"},
             )
+        self.services.events.registry_notified(raw)  # webhooks: put on a queue, not sent here
         catalog = self.services.catalog
         if catalog is not None:
             for name in catalog.apply_events(events):

@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
         "gateway.boundedcache",
         "gateway.collector",
     ),
-    ("gateway.auth", "gateway.catalog"),
+    ("gateway.auth", "gateway.catalog", "gateway.events"),
     ("gateway.services",),
     ("gateway.health", "gateway.background", "gateway.system", "gateway.middleware"),
     ("ui",),

@@ -80,11 +80,14 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """The store keys of one sign-in. Tokens and robot secrets count by address alone."""
+    """The store keys of one sign-in. Tokens and robot secrets count by address alone.
+    `username` and `client` say whose they are (for the lockout event), never stored."""
 
     address: str
     user: str | None = None
     account: str | None = None
+    username: str | None = field(default=None, compare=False, repr=False)
+    client: str = field(default="", compare=False, repr=False)
 
     def scoped(self) -> Iterator[tuple[Scope, str]]:
         yield "address", self.address
@@ -247,6 +250,29 @@ class MemoryLockStore:
         return settle(self.limits, self._records_of(keys), ticket, outcome, self._clock())
 
 
+# Told of every lockout a failure starts: (user name or None, client address, the scopes).
+LockoutListener = Callable[[str | None, str, list[Scope]], None]
+
+
+class Announcing:
+    """A LockStore that tells `listener` of each lockout a settled failure starts (the events
+    hook: it must return at once). Every sign-in path counts through the store, so every
+    lockout is told, whichever store holds the counts."""
+
+    def __init__(self, store: LockStore, listener: LockoutListener) -> None:
+        self.store = store
+        self.listener = listener
+
+    async def reserve(self, keys: Keys, ticket: str) -> Refusal | None:
+        return await self.store.reserve(keys, ticket)
+
+    async def settle(self, keys: Keys, ticket: str, outcome: Outcome) -> list[Scope]:
+        started = await self.store.settle(keys, ticket, outcome)
+        if started:
+            self.listener(keys.username, keys.client, started)
+        return started
+
+
 def _key(kind: str, value: str) -> str:
     # Exact, bounded and opaque: any name fits a Redis or SQLite key, and none is stored.
     data = value.encode("utf-8", "surrogatepass")
@@ -273,9 +299,11 @@ def keys_for(username: str | None, client: str | None) -> Keys:
     address only). Names are compared exactly as given: no case-folding, no stripping."""
     address = address_of(client)
     if username is None:
-        return Keys(_key("address", address))
+        return Keys(_key("address", address), client=address)
     return Keys(
         _key("address", address),
         _key("user", f"{username}\0{address}"),
         _key("account", username),
+        username=username,
+        client=address,
     )

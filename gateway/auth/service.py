@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gateway import metrics
@@ -32,6 +33,10 @@ from gateway.policy.source import PolicySource
 # The same few clients and user agents ask again and again: each is escaped once.
 _json = functools.lru_cache(maxsize=1024)(json.dumps)
 
+# Told of every answer (its decision codes, audit fields, request id, client): the events
+# hook (gateway/events/publisher.Events.token_denied), which must return at once.
+AnswerListener = Callable[[str, str, str, str | None], None]
+
 
 class TokenService:
     """Answers token requests from the live policy, the sign-in backends and the signing key."""
@@ -47,6 +52,7 @@ class TokenService:
         authenticator: Authenticator,
         audit: AuditLog,
         reuse: Reuse,
+        on_answer: AnswerListener | None = None,
     ) -> None:
         self.service = service
         self.max_scopes = max_scopes
@@ -55,6 +61,7 @@ class TokenService:
         self.authenticator = authenticator
         self.audit = audit
         self.reuse = reuse
+        self.on_answer = on_answer
         self.challenge = ((b"www-authenticate", f'Basic realm="{realm}"'.encode()),)
 
     async def answer(self, request: TokenRequest) -> TokenAnswer:
@@ -300,6 +307,8 @@ class TokenService:
             + f'"duration_ms":{round(duration * 1000, 3)}}}'
         )
         metrics.count_token_request(answer.outcome, answer.status, duration, answer.decisions)
+        if self.on_answer is not None and answer.decisions:
+            self.on_answer(answer.decisions, answer.audit, request.request_id, request.client)
         if answer.outcome == "denied":
             metrics.SIGNIN_FAILURES.labels(answer.method or "password").inc()
         elif answer.outcome == "locked":

@@ -202,6 +202,23 @@ class Settings:
 
 
 @dataclass(frozen=True, slots=True)
+class Webhook:
+    """A webhook subscription: which events (on which repositories) are sent where, signed
+    with a secret read from the environment or a file, never written in the policy.
+    `gateway/policy/webhooks.py` reads and checks it; docs/events.md describes it."""
+
+    name: str
+    url: str
+    events: frozenset[str]  # event types without the prefix, e.g. "image.pushed"
+    repositories: tuple[str, ...]  # patterns; () for every repository and the global events
+    secret_env: str  # the environment variable holding the secret, or ""
+    secret_file: str  # the file holding the secret, or ""
+    format: str  # "cloudevents" | "harbor"
+    location: Location
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """A whole, validated policy. `revision` names the source it was read from."""
 
@@ -214,3 +231,4 @@ class Policy:
     restrictions: tuple[Restriction, ...]
     revision: str = "unknown"
     files: tuple[str, ...] = field(default=())
+    webhooks: tuple[Webhook, ...] = ()
