@@ -182,7 +182,10 @@ async def status(site: Site, request: Request, viewer: Viewer) -> Response:
         if viewer.admin:  # totals count what others may not see
             totals = catalog.status()
             index.update(repositories=totals.repositories, tags=totals.tags)
-    return site.render(request, viewer, "status.html", {"policy": policy, "catalog": index})
+    data: dict[str, Any] = {"policy": policy, "catalog": index}
+    if viewer.admin:  # webhook URLs and deliveries are for admins (docs/events.md)
+        data["webhooks"] = site.services.events.status()
+    return site.render(request, viewer, "status.html", data)
 
 
 async def explain(site: Site, request: Request, viewer: Viewer) -> Response:
