@@ -666,6 +666,8 @@ def test_tag_page_shows_history_and_what_is_attached(ui: UI) -> None:
     signature = data["attachments"][0]
     assert signature["subject"] == data["manifest"]["digest"]
     assert signature["layer_media_types"] == [SIGNATURE]
+    contents = [td.get_text(" ") for td in html.select("table.attachments td[data-label=Content]")]
+    assert [" ".join(c.split()[:2]) for c in contents] == ["1 signature", "1 attestation"]
     link = one(html, "table.attachments a")
     assert attribute(link, "title") == signature["tag"]
     own = client.get(attribute(link, "href"))  # the signature's own page says what it signs
@@ -783,6 +785,7 @@ def test_admins_see_a_banner_while_a_policy_change_is_rejected(ui: UI, policies:
     alert = client.get("/?format=json", auth=alice).json()["policy_alert"]
     assert alert["state"] == "rejected" and alert["revision"] == live
     assert "zz.yaml:" in alert["message"] and "mallory" not in alert["message"]
+    assert str(policies) not in alert["message"]  # where in the policy, not on the disk
     assert "policy_alert" not in client.get("/?format=json", auth=carol).json()
     sign_in(client, "carol")
     for path in ("/", "/r/platform/api", "/-/status", "/nowhere"):

@@ -341,6 +341,8 @@ class Site:
         if live["error"]:
             state = "rejected"
             where = live["error"].split("; ")[0].removeprefix("policy rejected: ")
+            # Places within the policy (`zz.yaml:1:26`), not on this server's disk.
+            where = where.replace(str(self.services.source.directory).rstrip("/") + "/", "")
             message = (
                 f"The newest policy change was rejected ({where}); "
                 f"revision {revision} stays in force."

@@ -13,25 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.support.binaries import require
+from tests.support.browser import chromium
 from tests.support.catalog import IMAGES, push_all, wait_until
 from tests.support.clients import Skopeo
 from tests.support.fixtures import OciImage
 from tests.support.gateway import PASSWORDS, REPO, Stack, start_stack
 
 SCREENSHOTS = REPO / "test-output" / "screenshots"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +64,8 @@ def _all_indexed(stack: Stack) -> bool:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    chromium = require("chromium", "chromium")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +227,33 @@ def test_keyboard_reaches_the_content(page: Page) -> None:
     assert focused == "Skip to content"
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline == "solid"
+
+
+def test_a_browser_gets_pages_for_unknown_paths_a_favicon_and_slashed_addresses(
+    page: Page, shots: Path
+) -> None:
+    for path in ("/this/is/not/a/page", "/-/team", "/n"):
+        answer = page.goto(path)
+        assert answer is not None and answer.status == 404
+        assert answer.headers["content-type"].startswith("text/html"), path
+        expect(page.get_by_role("heading", level=1)).to_have_text("Not found")
+    page.screenshot(path=shots / "17-not-found.png", full_page=True)
+    icon = page.goto("/favicon.ico")
+    assert icon is not None and icon.status == 200
+    assert icon.headers["content-type"] == "image/x-icon"
+    for path, heading in (("/r/library/base/", "library/base"), ("/n/library/", "library")):
+        page.goto(path)
+        expect(page.get_by_role("heading", level=1)).to_have_text(heading)
+
+
+def test_why_cant_i_push_here(page: Page, shots: Path) -> None:
+    sign_in(page, "carol")
+    page.goto("/r/platform/api")
+    page.get_by_role("link", name="Why can't I push here?").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Your rights on platform/api")
+    expect(page.locator("main")).to_contain_text("user:carol")
+    rows = page.locator("main tbody tr")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(1)).to_contain_text("push")
+    expect(rows.nth(1)).to_contain_text("denied")
+    page.screenshot(path=shots / "18-why-cant-i-push.png", full_page=True)

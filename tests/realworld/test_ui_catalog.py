@@ -21,6 +21,13 @@ from tests.support.catalog import (
     wait_until,
 )
 from tests.support.clients import Skopeo, ok
+from tests.support.cosign import (
+    DSSE,
+    SIMPLESIGNING,
+    attachment_tag,
+    build_attestation,
+    build_signature,
+)
 from tests.support.fixtures import OciImage
 from tests.support.gateway import PASSWORDS, Stack, creds, start_stack
 
@@ -200,3 +207,58 @@ def test_basic_auth_on_json(stack: Stack) -> None:
     wrong = httpx.get(url, params={"format": "json"}, auth=("bob", "wrong"))
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Basic")
     assert httpx.get(url, params={"format": "json"}).status_code == 404  # anonymous
+
+
+def test_tags_of_one_image_are_one_row_and_cosign_attachments_are_listed_with_it(
+    stack: Stack, oci_image: OciImage, tmp_path: Path
+) -> None:
+    """An image pushed under a second tag, and a cosign signature and attestation of it pushed
+    by skopeo under cosign's tags (Distribution 2.8 has no referrers API): the UI, updated by
+    the registry's notifications, shows one row with both tags, marked signed and attested,
+    keeps `sha256-....sig`/`.att` out of the tags, and lists both on the tag page."""
+    skopeo = Skopeo(tmp_path / "skopeo")
+    digest = oci_image.v1_digest
+    ok(skopeo.copy(oci_image.ref("v1"), stack.ref("library/signed:v1"), dest_creds=creds("alice")))
+    ok(skopeo.copy(oci_image.ref("v1"), stack.ref("library/signed:1.0"), dest_creds=creds("alice")))
+    layout = tmp_path / "cosign"
+    build_signature(layout, "sig", f"{stack.host}/library/signed", digest)
+    build_attestation(layout, "att", digest)
+    for suffix in ("sig", "att"):
+        target = stack.ref(f"library/signed:{attachment_tag(digest, suffix)}")
+        ok(skopeo.copy(f"oci:{layout}:{suffix}", target, dest_creds=creds("alice")))
+
+    url = f"{stack.gateway.url}/r/library/signed"
+
+    def attached() -> Any:
+        page = httpx.get(url, params={"format": "json"})
+        if page.status_code != 200 or len(page.json()["images"][0]["attached"]) < 2:
+            return None
+        return page.json()
+
+    data = wait_until(attached, timeout=15, what="the signature and attestation in the UI")
+    assert [image["tags"] for image in data["images"]] == [["1.0", "v1"]]
+    assert data["images"][0]["attached"] == ["signature", "attestation"]
+    assert data["repository"]["tags"] == 2
+    assert [t["tag"] for t in data["tags"]] == ["1.0", "v1"]
+    page = BeautifulSoup(httpx.get(url).text, "html.parser")
+    row = page.select_one("tbody th[scope=row]")
+    assert row is not None and " ".join(row.get_text().split()) == "1.0 · v1 signed attested"
+
+    detail = httpx.get(f"{url}:v1", params={"format": "json"}).json()
+    assert detail["also_tagged"] == ["1.0"]
+    signature, attestation = detail["attachments"]
+    assert (signature["kind"], signature["tag"]) == ("signature", attachment_tag(digest, "sig"))
+    assert signature["count"] == 1 and signature["layer_media_types"] == [SIMPLESIGNING]
+    assert attestation["kind"] == "attestation" and attestation["layer_media_types"] == [DSSE]
+    history = detail["manifest"]["platforms"][0]["history"]
+    layers = detail["manifest"]["platforms"][0]["layers"]
+    assert [(s["created_by"], s["size"]) for s in history] == [
+        ("registry-gateway tests: layer 0", layers[0]["size"])
+    ]
+    html = BeautifulSoup(httpx.get(f"{url}:v1").text, "html.parser")
+    assert [a.get_text() for a in html.select("table.attachments a")] == [
+        f"sha256-{digest.removeprefix('sha256:')[:12]}\u2026.sig",
+        f"sha256-{digest.removeprefix('sha256:')[:12]}\u2026.att",
+    ]
+    found = httpx.get(f"{stack.gateway.url}/search", params={"q": "sha256-", "format": "json"})
+    assert found.json()["total_tags"] == 0

@@ -15,6 +15,12 @@ from ui.visibility import VisibleCatalog
 
 GLOBAL = "_"  # the slug of the global namespace (names without '/'); never a namespace name
 SORTS = ("name", "date")
+NOUNS = {
+    "signature": "signature",
+    "attestation": "attestation",
+    "SBOM": "SBOM",
+    "referrers": "referrer",
+}
 
 
 # -- data -------------------------------------------------------------------------------
@@ -89,6 +95,9 @@ def attachment_data(item: Attachment) -> dict[str, Any]:
     layers = [layer for p in manifest.platforms for layer in p.layers]
     types = {p.artifact_type for p in manifest.platforms if p.artifact_type}
     types |= {manifest.artifact_type} - {""}
+    # cosign keeps one signature or attestation per layer; a referrers index one per entry
+    count = len(manifest.platforms) if manifest.is_index else len(layers)
+    noun = NOUNS.get(item.kind, "item")
     return {
         "kind": item.kind,
         "tag": item.tag,
@@ -96,8 +105,8 @@ def attachment_data(item: Attachment) -> dict[str, Any]:
         "digest": manifest.digest,
         "media_type": manifest.media_type,
         "artifact_types": sorted(types),
-        # cosign keeps one signature or attestation per layer; a referrers index one per entry
-        "items": len(manifest.platforms) if manifest.is_index else len(layers),
+        "count": count,
+        "summary": f"{count} {noun}{'' if count == 1 else 's'}",
         "layer_media_types": sorted({layer.media_type for layer in layers}),
         "size": manifest.size,
     }
