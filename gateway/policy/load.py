@@ -33,10 +33,21 @@ from gateway.policy.model import (
     Team,
     User,
     Visibility,
+    Webhook,
 )
 from gateway.policy.patterns import PatternError, compile_pattern, is_component
+from gateway.policy.webhooks import merge_webhooks, read_webhooks
 
-SECTIONS = ("settings", "users", "robots", "teams", "namespaces", "grants", "restrictions")
+SECTIONS = (
+    "settings",
+    "users",
+    "robots",
+    "teams",
+    "namespaces",
+    "grants",
+    "restrictions",
+    "webhooks",
+)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 _ARGON2ID = re.compile(
@@ -203,6 +214,7 @@ class _Builder:
         self.raw_grants: list[tuple[Location, dict[str, Any]]] = []
         self.raw_restrictions: list[tuple[Location, dict[str, Any]]] = []
         self.defined: dict[tuple[str, str], Location] = {}
+        self.webhooks: list[dict[str, Webhook]] = []  # per file (gateway/policy/webhooks.py)
 
     # -- reporting -----------------------------------------------------------------------
 
@@ -211,6 +223,9 @@ class _Builder:
 
     def warning(self, location: Location, message: str) -> None:
         self.problems.append(Problem(location, "warning", message))
+
+    def report(self, location: Location, severity: str, message: str) -> None:
+        self.problems.append(Problem(location, severity, message))
 
     # -- node helpers --------------------------------------------------------------------
 
@@ -502,6 +517,10 @@ class _Builder:
         allowed = ("repositories", "actions", "only", "description")
         self.read_rules(node, file, "restrictions", allowed)
 
+    def read_webhooks(self, node: yn.Node, file: str, _: Location) -> None:
+        """Subscriptions to events: read and checked by gateway/policy/webhooks.py."""
+        self.webhooks.append(read_webhooks(node, file, self.report))
+
     # -- pass 2: resolve references ------------------------------------------------------
 
     def member(self, loc: Location, text: str) -> Principal | None:
@@ -730,6 +749,7 @@ class _Builder:
             if grant is not None:
                 grants.append(grant)
         restrictions = [self.build_restriction(loc, f) for loc, f in self.raw_restrictions]
+        webhooks = merge_webhooks(self.webhooks, self.report)
         if any(p.severity == "error" for p in self.problems):
             return None
         return Policy(
@@ -742,4 +762,5 @@ class _Builder:
             restrictions=tuple(restrictions),
             revision=revision,
             files=files,
+            webhooks=webhooks,
         )
