@@ -41,7 +41,9 @@ REPOS = {
 }
 # Tags that name the same image as another tag, and what cosign attached to an image.
 ALIASES = {("platform/web", "latest"): "1.26", ("platform/web", "stable"): "1.26"}
-ATTACHED = {("platform/web", "1.26"): ("sig", "att")}
+# ("": the OCI referrers tag schema, an index of the image's referrers under `sha256-<hex>`)
+ATTACHED = {("platform/web", "1.26"): ("sig", "att"), ("platform/web", "1.25"): ("",)}
+SBOM = "application/spdx+json"
 SIGNATURE = "application/vnd.dev.cosign.simplesigning.v1+json"
 
 
@@ -101,7 +103,7 @@ class FakeRegistry:
         for (repo, tag), suffixes in ATTACHED.items():
             if repo == repository:
                 digest = self._image(repo, tag).removeprefix("sha256:")
-                tags += [f"sha256-{digest}.{suffix}" for suffix in suffixes]
+                tags += [f"sha256-{digest}{'.' if s else ''}{s}" for s in suffixes]
         return tags
 
     def _attachment(self, reference: str) -> str:
@@ -125,6 +127,24 @@ class FakeRegistry:
         self.manifests[digest] = (OCI_MANIFEST, body)
         return digest
 
+    def _referrers(self) -> tuple[str, str, dict[str, Any]]:
+        """An OCI 1.1 referrers index of one artifact (an SPDX SBOM, its config empty)."""
+        empty = "application/vnd.oci.empty.v1+json"
+        artifact = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": SBOM,
+            "config": {"mediaType": empty, "digest": _digest(b"{}"), "size": 2},
+            "layers": [{"digest": _digest(b"spdx"), "size": 4321, "mediaType": SBOM}],
+        }
+        child = _digest(json.dumps(artifact).encode())
+        self.manifests[child] = (OCI_MANIFEST, artifact)
+        entry = {"mediaType": OCI_MANIFEST, "digest": child, "size": 300, "artifactType": SBOM}
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]}
+        digest = _digest(json.dumps(index).encode())
+        self.manifests[digest] = (OCI_INDEX, index)
+        return digest, OCI_INDEX, index
+
     async def manifest(
         self, repository: str, reference: str
     ) -> tuple[str, str, dict[str, Any]] | None:
@@ -132,8 +152,10 @@ class FakeRegistry:
             media_type, body = self.manifests[reference]
             return reference, media_type, body
         if reference.startswith("sha256-") and reference in await self.tags(repository):
-            digest = self._attachment(reference)
-            return digest, OCI_MANIFEST, self.manifests[digest][1]
+            if "." in reference:
+                digest = self._attachment(reference)
+                return digest, OCI_MANIFEST, self.manifests[digest][1]
+            return self._referrers()
         if reference not in self.repos.get(repository, []):
             return None
         reference = ALIASES.get((repository, reference), reference)
@@ -634,7 +656,7 @@ def test_tags_of_one_image_are_one_row_and_attachments_are_no_tags(ui: UI) -> No
     client = ui[0]
     sign_in(client, "carol")
     page = client.get("/r/platform/web", params={"sort": "name"})
-    assert row_heads(page) == ["1.25", "1.26 · latest · stable signed attested"]
+    assert row_heads(page) == ["1.25 referrers", "1.26 · latest · stable signed attested"]
     data = client.get("/r/platform/web", params={"sort": "name", "format": "json"}).json()
     assert [image["tags"] for image in data["images"]] == [["1.25"], ["1.26", "latest", "stable"]]
     assert data["images"][1]["attached"] == ["signature", "attestation"]
@@ -677,8 +699,18 @@ def test_tag_page_shows_history_and_what_is_attached(ui: UI) -> None:
         "digest": data["manifest"]["digest"],
         "tags": ["1.26", "latest", "stable"],
     }
-    plain = context(client.get("/r/platform/web:1.25"))
+    plain = context(client.get("/r/platform/api:v1"))
     assert plain["attachments"] == [] and plain["also_tagged"] == []
+
+
+def test_oci_referrers_under_the_tag_schema_are_listed(ui: UI) -> None:
+    client = ui[0]
+    data = client.get("/r/platform/web:1.25?format=json", auth=("carol", PASSWORDS["carol"]))
+    (referrers,) = data.json()["attachments"]
+    assert referrers["kind"] == "referrers" and referrers["tag"].startswith("sha256-")
+    assert referrers["count"] == 1 and referrers["summary"] == "1 referrer"
+    assert referrers["artifact_types"] == [SBOM]
+    assert data.json()["also_tagged"] == []
 
 
 def test_sizes_are_in_binary_units_and_dates_say_whose(client: TestClient) -> None:
