@@ -429,7 +429,9 @@ def test_every_page_has_a_json_twin(ui: UI) -> None:
         "/-/explain",
         "/-/access/r/library/base",
         "/-/access/n/platform",
+        "/-/explain/r/library/base",
         "/-/login",
+        "/r/library/base/",
     ]:
         answer = client.get(path, headers={"Accept": "application/json"}, auth=auth)
         assert answer.status_code == 200, path
