@@ -13,11 +13,14 @@ answer and no reasons, for the token endpoint and the catalog's filter.
 
 from __future__ import annotations
 
+import bisect
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
-from gateway.policy.index import PatternIndex
+from gateway.policy.index import Groups, PatternIndex, group
 from gateway.policy.model import (
     ANONYMOUS,
     AUTHENTICATED,
@@ -31,6 +34,7 @@ from gateway.policy.model import (
     Restriction,
     Role,
     Subject,
+    Team,
     Visibility,
     stronger,
 )
@@ -42,8 +46,10 @@ _EVERY_ACTION = frozenset(REPOSITORY_ACTIONS)
 _EVERY_ACTION_AND_ALL = _EVERY_ACTION | {ALL}
 
 # Under one pattern, by principal (as text: "team:qa"): the union of the actions granted to
-# it there (for `granted`), and the grants with their places in the policy (for reasons).
-_Granted = dict[str, tuple[frozenset[str], tuple[tuple[int, Grant], ...]]]
+# it there (for `granted`), and the grants (for reasons).
+_Granted = dict[str, tuple[frozenset[str], tuple[Grant, ...]]]
+# The teams each principal is listed in, with its strongest role in each.
+_Memberships = dict[Principal, dict[str, Role]]
 # Under one pattern: each restriction, with its place and `only` as principal texts.
 _Restricted = tuple[tuple[int, frozenset[str], Restriction], ...]
 
@@ -93,31 +99,47 @@ class Decision:
 class Engine:
     """A policy compiled for fast decisions. Immutable once built; safe to share."""
 
-    def __init__(self, policy: Policy) -> None:
-        self._compile(policy)
+    def __init__(self, policy: Policy, previous: Engine | None = None) -> None:
+        """Compile `policy`. With `previous` (the engine of the policy before a reload), what
+        it compiled for a file whose grants or teams are the very same objects (a cached
+        parse) is reused, so a reload after a one-file edit compiles about that file."""
+        self._compile(policy, previous)
 
     # At most this many subjects in the memo of `_facts`, which is emptied when full.
     SUBJECT_MEMO_SIZE = 10_000
 
-    def _compile(self, policy: Policy) -> None:
+    def _compile(self, policy: Policy, previous: Engine | None) -> None:
         self.policy = policy
         self.revision = policy.revision
-        self._grants: PatternIndex[tuple[int, Grant], _Granted] = PatternIndex(
-            ((grant.repositories, (i, grant)) for i, grant in enumerate(policy.grants)),
-            _granted_value,
+        before = previous._grant_parts if previous is not None else {}
+        self._grant_parts: dict[tuple[str, int], tuple[tuple[Grant, ...], Groups[Grant]]] = {}
+        for key, run in _runs(policy.grants):
+            reused = before.get(key)
+            if reused is not None and _same(reused[0], run):
+                groups = reused[1]
+            else:
+                groups = group((grant.repositories, grant) for grant in run)
+            self._grant_parts[key] = (run, groups)
+        self._grants: PatternIndex[Grant, _Granted] = PatternIndex(
+            (groups for _, groups in self._grant_parts.values()), _granted_value
         )
-        self._restrictions: PatternIndex[tuple[int, Restriction], _Restricted] = PatternIndex(
+        self._restrictions: PatternIndex[tuple[int, Restriction], _Restricted] = PatternIndex.of(
             ((r.repositories, (i, r)) for i, r in enumerate(policy.restrictions)),
             _restricted_value,
         )
-        self._memberships: dict[Principal, dict[str, Role]] = defaultdict(dict)
+        old = previous._team_parts if previous is not None else {}
+        self._team_parts: dict[tuple[str, int], tuple[tuple[Team, ...], _Memberships]] = {}
+        for key, teams in _runs(tuple(policy.teams.values())):
+            kept = old.get(key)
+            if kept is not None and _same(kept[0], teams):
+                self._team_parts[key] = kept
+            else:
+                self._team_parts[key] = (teams, _memberships(teams))
+        self._memberships = [part for _, part in self._team_parts.values() if part]
         self._groups: dict[str, list[tuple[str, Role]]] = defaultdict(list)
         for team in policy.teams.values():
-            for member, role in team.members:
-                held = self._memberships[member]
-                held[team.name] = stronger(held.get(team.name), role)
-            for group, role in team.ldap_groups:
-                self._groups[group.lower()].append((team.name, role))
+            for group_dn, role in team.ldap_groups:
+                self._groups[group_dn.lower()].append((team.name, role))
         # For `granted`: Subject -> (is admin, teams, principals as text). Only plain dict
         # get/set/clear touch it, each atomic under the GIL, so concurrent callers at worst
         # derive the same facts twice. The engine never changes (a new policy builds a new
@@ -144,9 +166,14 @@ class Engine:
         """The subject's teams and roles: listed memberships plus mapped directory groups."""
         if not self.known(subject):
             return {}
-        teams = dict(self._memberships.get(subject.principal, {}))
-        for group in subject.groups:
-            for team, role in self._groups.get(group.lower(), ()):
+        teams: dict[str, Role] = {}
+        principal = subject.principal
+        for part in self._memberships:
+            held = part.get(principal)
+            if held is not None:
+                teams.update(held)  # a team is in one file: no two parts name the same team
+        for dn in subject.groups:
+            for team, role in self._groups.get(dn.lower(), ()):
                 teams[team] = stronger(teams.get(team), role)
         return teams
 
@@ -259,9 +286,9 @@ class Engine:
             for key in by_key:
                 entry = granted.get(key)
                 if entry is not None:
-                    for place, grant in entry[1]:
-                        grants[place, key] = grant
-        for (_, key), grant in sorted(grants.items(), key=lambda item: item[0]):
+                    for grant in entry[1]:
+                        grants[id(grant), key] = grant
+        for (_, key), grant in sorted(grants.items(), key=_written_order):
             principal = by_key[key]
             rule = _describe_grant(grant, principal)
             allow(grant.actions, Reason("allow", rule, grant.location, principal))
@@ -401,16 +428,61 @@ def _may_see(keys: frozenset[str], visibility: Visibility) -> bool:
     )
 
 
-def _granted_value(items: list[tuple[int, Grant]]) -> _Granted:
+_Rule = TypeVar("_Rule", Grant, Team)
+
+
+def _runs(rules: tuple[_Rule, ...]) -> list[tuple[tuple[str, int], tuple[_Rule, ...]]]:
+    """The rules in runs written in one file, each keyed by its file and its place among the
+    runs. A loaded policy lists its rules file by file, in the order of the file names, so
+    each run's end is found by bisection; in any other order runs may mix files, which costs
+    only reuse (an index of a run is right whatever the run holds)."""
+    runs: list[tuple[tuple[str, int], tuple[_Rule, ...]]] = []
+    start = 0
+    while start < len(rules):
+        file = rules[start].location.file
+        end = bisect.bisect_right(rules, file, lo=start, key=_file_of)
+        runs.append(((file, len(runs)), rules[start:end]))
+        start = end
+    return runs
+
+
+def _file_of(rule: Grant | Team) -> str:
+    return rule.location.file
+
+
+def _same(one: tuple[object, ...], other: tuple[object, ...]) -> bool:
+    """Whether two tuples hold the very same objects (not merely equal ones)."""
+    return len(one) == len(other) and all(map(operator.is_, one, other))
+
+
+def _memberships(teams: tuple[Team, ...]) -> _Memberships:
+    found: _Memberships = {}
+    for team in teams:
+        for member, role in team.members:
+            held = found.get(member)
+            if held is None:
+                held = found[member] = {}
+            held[team.name] = stronger(held.get(team.name), role)
+    return found
+
+
+def _granted_value(grants: list[Grant]) -> _Granted:
     """What the grant index holds under one pattern (see `_Granted`)."""
     actions: dict[str, set[str]] = {}
-    grants: dict[str, dict[int, Grant]] = {}
-    for place, grant in items:
+    found: dict[str, dict[int, Grant]] = {}
+    for grant in grants:
         for principal in grant.to:
             key = str(principal)
             actions.setdefault(key, set()).update(grant.actions)
-            grants.setdefault(key, {})[place] = grant
-    return {key: (frozenset(actions[key]), tuple(grants[key].items())) for key in actions}
+            found.setdefault(key, {})[id(grant)] = grant
+    return {key: (frozenset(actions[key]), tuple(found[key].values())) for key in actions}
+
+
+def _written_order(item: tuple[tuple[int, str], Grant]) -> tuple[str, int, int, str]:
+    """Reasons for grants in the order they are written: file, line, column, principal."""
+    (_, key), grant = item
+    where = grant.location
+    return (where.file, where.line, where.column, key)
 
 
 def _restricted_value(items: list[tuple[int, Restriction]]) -> _Restricted:

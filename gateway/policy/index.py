@@ -171,48 +171,72 @@ def _walk(states: Sequence[_Node], parts: list[str], start: int, out: list[objec
 
 
 FLOATING = "*"  # the group key of patterns whose first component is not literal
+ABSENT_MEMO_SIZE = 65_536
+
+
+Groups = dict[str, list[tuple[str, T]]]
+
+
+def group(rules: Iterable[tuple[Iterable[str], T]]) -> Groups[T]:
+    """Items filed under each of their patterns, grouped by first component (`FLOATING` for
+    patterns that start with a wildcard): what a `PatternIndex` is made of. A caller may keep
+    the groups of an unchanged part of a policy (a file) and hand them to the next index."""
+    groups: Groups[T] = {}
+    for patterns, item in rules:
+        for text in patterns:
+            head = text.partition("/")[0]
+            key = FLOATING if "*" in head else head
+            found = groups.get(key)
+            if found is None:
+                groups[key] = [(text, item)]
+            else:
+                found.append((text, item))
+    return groups
 
 
 class PatternIndex(Generic[T, V]):
     """Items filed under repository patterns; `matching(name)` gives, for each pattern that
     matches `name`, `value(items filed under it)`, each pattern once, in no particular order.
 
-    Immutable once built, apart from compiling each group on first use (idempotent: two
-    threads compiling the same group build equal tries and one of them is kept)."""
+    Made of the `group`s of one or more parts of a policy. Immutable once built, apart from
+    compiling each group into its trie on first use (idempotent: two threads compiling the
+    same group build equal tries and one of them is kept)."""
 
-    def __init__(
-        self,
-        rules: Iterable[tuple[Iterable[str], T]],
-        value: Callable[[list[T]], V],
-    ) -> None:
+    def __init__(self, parts: Iterable[Groups[T]], value: Callable[[list[T]], V]) -> None:
+        self._parts = list(parts)
         self._value = value
-        groups: dict[str, list[tuple[str, T]]] = {}
-        for patterns, item in rules:
-            for text in patterns:
-                head = text.partition("/")[0]
-                key = FLOATING if "*" in head else head
-                group = groups.get(key)
-                if group is None:
-                    groups[key] = [(text, item)]
-                else:
-                    group.append((text, item))
-        self._groups = groups
         self._compiled: dict[str, _Node] = {}
+        # First components no pattern starts with, as names met them (bounded: any name may
+        # be asked for); saves looking through every part again.
+        self._absent: dict[str, None] = {}
+
+    @classmethod
+    def of(
+        cls, rules: Iterable[tuple[Iterable[str], T]], value: Callable[[list[T]], V]
+    ) -> PatternIndex[T, V]:
+        """An index of `rules`: (patterns, item) pairs."""
+        return cls([group(rules)], value)
 
     def __len__(self) -> int:
         """How many (pattern, item) pairs are filed."""
-        return sum(len(group) for group in self._groups.values())
+        return sum(len(entries) for part in self._parts for entries in part.values())
 
     def _root(self, key: str) -> _Node | None:
         root = self._compiled.get(key)
         if root is None:
-            group = self._groups.get(key)
-            if group is None:
+            if key in self._absent:
+                return None
+            found = [entries for part in self._parts if (entries := part.get(key))]
+            if not found:
+                if len(self._absent) >= ABSENT_MEMO_SIZE:
+                    self._absent.clear()
+                self._absent[key] = None
                 return None
             root = _Node()
             skip = 0 if key == FLOATING else 1
-            for text, item in group:
-                root.insert(text.split("/")[skip:], item)
+            for entries in found:
+                for text, item in entries:
+                    root.insert(text.split("/")[skip:], item)
             root.seal(self._value)  # type: ignore[arg-type]
             self._compiled[key] = root
         return root

@@ -19,6 +19,7 @@ from git.objects.fun import tree_entries_from_data
 
 from gateway.policy.engine import Engine
 from gateway.policy.load import (
+    ParseCache,
     PolicyError,
     Problem,
     content_digest,
@@ -157,11 +158,17 @@ def logged_problems(problems: Sequence[Problem]) -> list[dict[str, str]]:
 
 
 def validate(
-    texts: dict[str, str], tests: dict[str, str], revision: str
+    texts: dict[str, str],
+    tests: dict[str, str],
+    revision: str,
+    *,
+    cache: ParseCache | None = None,
+    previous: Engine | None = None,
 ) -> tuple[Engine, tuple[Problem, ...]]:
-    """A whole policy from texts: loaded, compiled, and passing its own tests; PolicyError if not."""
-    result = load_texts(texts, revision=revision)
-    engine = Engine(result.policy)
+    """A whole policy from texts: loaded, compiled, and passing its own tests; PolicyError if not.
+    `cache` and `previous` (the engine in force) spare reading and compiling unchanged files."""
+    result = load_texts(texts, revision=revision, cache=cache)
+    engine = Engine(result.policy, previous)
     cases, problems = read_cases(tests)
     problems.extend(run_cases(engine, cases))
     if problems:
@@ -205,6 +212,9 @@ class PolicySource:
         self.directory = Path(directory)
         self.building = building
         self.engine: Engine | None = None
+        # The files read by earlier reloads, by name and content hash: a reload reads again
+        # only the files that changed (and forgets the ones that are gone).
+        self.parsed = ParseCache()
         self._lock = threading.Lock()
         self._loaded_at: float | None = None
         self._last_error: str | None = None
@@ -236,7 +246,9 @@ class PolicySource:
             try:
                 texts, tests, revision = self.read()
                 with self.building():
-                    engine, warnings = validate(texts, tests, revision)
+                    engine, warnings = validate(
+                        texts, tests, revision, cache=self.parsed, previous=self.engine
+                    )
             except PolicyError as exc:
                 self._failures += 1
                 self._last_error = str(exc)
