@@ -65,17 +65,59 @@ async def _survive(what: str, work: Awaitable[object]) -> None:
 
 
 async def watch_policy(services: Services) -> None:
-    """Reload when the policy directory changes, once a burst of writes has settled."""
+    """Reload when the policy directory changes, once a burst of writes has settled.
+
+    What the directory's path names can change too: git-sync renames a `current` link to a
+    new checkout, a deploy renames a new directory into place. The files are watched where
+    the path resolves now, and the path is looked at every MOVED_INTERVAL seconds: when it
+    resolves elsewhere, the policy is reloaded from there and the watch moves with it."""
     source = services.source
+    path = Path(source.directory).absolute()
     debounce = max(1, int(services.settings.reload_debounce * 1000))
 
     def relevant(change: watchfiles.Change, path: str) -> bool:
         return ".git" not in Path(path).parts and not path.endswith(("~", ".swp", ".tmp"))
 
-    async for _ in watchfiles.awatch(
-        source.directory, debounce=debounce, step=50, watch_filter=relevant, recursive=True
-    ):
+    while True:
+        seen = directory_identity(path)
+        moved = asyncio.Event()
+        looking = asyncio.create_task(_until_moved(path, seen, moved))
+        try:
+            if seen is not None:
+                async for _ in watchfiles.awatch(
+                    seen[0],
+                    debounce=debounce,
+                    step=50,
+                    watch_filter=relevant,
+                    recursive=True,
+                    stop_event=moved,
+                ):
+                    await _survive("reloading the policy", asyncio.to_thread(source.reload))
+            await moved.wait()  # the watch ends when the path resolves elsewhere (or is gone)
+        except (OSError, RuntimeError) as exc:  # the watched directory went away under it
+            log.info("policy directory %s changed under the watch (%s)", path, exc)
+            await moved.wait()
+        finally:
+            looking.cancel()
         await _survive("reloading the policy", asyncio.to_thread(source.reload))
+
+
+MOVED_INTERVAL = 1.0  # seconds between looks at what the policy directory's path names
+
+
+def directory_identity(path: Path) -> tuple[str, int, int] | None:
+    """Where `path` resolves, and that directory's device and inode (None while missing)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (os.path.realpath(path), stat.st_dev, stat.st_ino)
+
+
+async def _until_moved(path: Path, seen: tuple[str, int, int] | None, moved: asyncio.Event) -> None:
+    while directory_identity(path) == seen:
+        await asyncio.sleep(MOVED_INTERVAL)
+    moved.set()
 
 
 def file_identity(path: Path) -> tuple[str, int, int, int, int] | None:
