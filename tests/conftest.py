@@ -13,6 +13,11 @@ from typing import NoReturn
 
 import pytest
 
+# GitPython runs `git version` once, when it is first imported: do that here, before any
+# test's guard, so that a fast test importing policy code that uses git does not fail only
+# when it happens to run first (tests/test_cli.py on its own did).
+import git  # noqa: F401  # isort: skip
+
 pytest_plugins = ["tests.support.fixtures", "tests.support.redis"]
 
 REALWORLD = Path(__file__).resolve().parent / "realworld"
