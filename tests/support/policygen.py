@@ -352,7 +352,7 @@ def make_grant(rng: random.Random, spec: PolicySpec) -> dict[str, Any]:
 
 def make_restriction(rng: random.Random, spec: PolicySpec) -> dict[str, Any]:
     """A restriction reserving some actions on a few repositories for a short list."""
-    candidates = [f"user:{name}" for name, f in spec.users.items() if f.get("admin")]
+    candidates = list(_admins(spec))
     candidates += [f"robot:{name}" for name in spec.names("robots")[:20]]
     candidates += [f"team:{name}" for name in spec.names("teams")[:20]]
     candidates += [rng.choice(spec.names("users"))] if spec.users else []
@@ -372,6 +372,15 @@ def make_restriction(rng: random.Random, spec: PolicySpec) -> dict[str, Any]:
         "actions": actions,
         "only": only,
     }
+
+
+def _admins(spec: PolicySpec) -> list[str]:
+    """`user:NAME` of every admin (cached while the users stay the same in number)."""
+    cached = spec._lists.get("admins")
+    if cached is None or cached[0] != len(spec.users):
+        admins = [f"user:{name}" for name, f in spec.users.items() if f.get("admin")]
+        cached = spec._lists["admins"] = (len(spec.users), admins)
+    return cached[1]
 
 
 def _dump(data: dict[str, Any]) -> str:
@@ -414,19 +423,82 @@ def _shuffled(rng: random.Random, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _render_fixed(spec: PolicySpec, chunk: int = 2000) -> dict[str, str]:
-    texts = {
-        "settings.yaml": _dump({"settings": spec.settings}),
-        "people/users.yaml": _dump({"users": spec.users}),
-        "people/robots.yaml": _dump({"robots": spec.robots}),
-        "teams.yaml": _dump({"teams": spec.teams}),
-        "namespaces.yaml": _dump({"namespaces": spec.namespaces}),
-    }
+    """One file per section, long sections split: users, teams and namespaces by 5,000
+    entries, grants by `chunk` (as a large organisation would keep them)."""
+    texts = {"settings.yaml": _write({"settings": spec.settings})}
+    for section, where, size in (
+        ("users", "people/users", 5000),
+        ("robots", "people/robots", 5000),
+        ("teams", "teams", 5000),
+        ("namespaces", "namespaces", 5000),
+    ):
+        entries = list(getattr(spec, section).items())
+        for i in range(0, max(1, len(entries)), size):
+            name = f"{where}.yaml" if len(entries) <= size else f"{where}-{i // size:03d}.yaml"
+            texts[name] = _write({section: dict(entries[i : i + size])})
     for i in range(0, max(1, len(spec.grants)), chunk):
-        texts[f"access/grants-{i // chunk:03d}.yaml"] = _dump(
+        texts[f"access/grants-{i // chunk:03d}.yaml"] = _write(
             {"grants": spec.grants[i : i + chunk]}
         )
-    texts["access/restrictions.yaml"] = _dump({"restrictions": spec.restrictions})
+    texts["access/restrictions.yaml"] = _write({"restrictions": spec.restrictions})
     return texts
+
+
+# -- a fast writer for the fixed layout (yaml.dump takes minutes at 100,000 users) ----------
+
+_PLAIN = re.compile(r"[a-z][a-z0-9._-]*|[a-z][a-z0-9._ -]*[a-z0-9]")
+_BARE_WORDS = {"true", "false", "null", "yes", "no", "on", "off", "y", "n", "nan", "inf"}
+
+
+def _scalar(value: Any) -> str:
+    """A scalar as YAML 1.2 reads it back: plain when that is safe, else single-quoted."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | dt.date):
+        return str(value)
+    text = str(value)
+    if _PLAIN.fullmatch(text) and text.lower() not in _BARE_WORDS:
+        return text
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _flow(value: Any) -> str | None:
+    """A list of scalars or a mapping of scalars on one line, as yaml.dump writes leaves."""
+    if isinstance(value, list) and not any(isinstance(v, dict | list) for v in value):
+        return "[" + ", ".join(_scalar(v) for v in value) + "]"
+    if isinstance(value, dict) and not any(isinstance(v, dict | list) for v in value.values()):
+        return "{" + ", ".join(f"{_scalar(k)}: {_scalar(v)}" for k, v in value.items()) + "}"
+    return None
+
+
+def _write(data: Any, indent: str = "") -> str:
+    """Block YAML with flow leaves, the shape `_dump` gives, written without PyYAML."""
+    lines: list[str] = []
+    _emit(data, indent, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _emit(data: Any, indent: str, lines: list[str]) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            flow = _flow(value) if isinstance(value, dict | list) else _scalar(value)
+            if flow is not None and (value or not isinstance(value, dict | list)):
+                lines.append(f"{indent}{_scalar(key)}: {flow}")
+            elif isinstance(value, dict | list) and not value:
+                lines.append(f"{indent}{_scalar(key)}: {'{}' if isinstance(value, dict) else '[]'}")
+            else:
+                lines.append(f"{indent}{_scalar(key)}:")
+                _emit(value, indent + "  ", lines)
+    else:
+        for item in data:
+            flow = _flow(item) if isinstance(item, dict | list) else _scalar(item)
+            if flow is not None and not isinstance(item, dict):
+                lines.append(f"{indent}- {flow}")
+            else:
+                block: list[str] = []
+                _emit(item, indent + "  ", block)
+                lines.append(f"{indent}- {block[0].lstrip()}")
+                lines.extend(block[1:])
 
 
 def generate_policy(
