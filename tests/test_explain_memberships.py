@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-import gateway.policy.source  # noqa: F401 - imports GitPython (it runs `git version`) at collection
 from gateway.cli import main
 from gateway.policy.engine import Engine
 from gateway.policy.explain import explain, render_text

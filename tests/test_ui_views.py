@@ -455,7 +455,13 @@ def test_teams_and_access_pages(ui: UI) -> None:
     bob = next(s for s in access["access"]["subjects"] if s["subject"] == "user:bob")
     assert bob["actions"]["pull"]["allowed"] and not bob["actions"]["push"]["allowed"]
     assert "restricted to" in bob["actions"]["push"]["reasons"][0]["rule"]
+    # Each reason names the membership that brought the subject under its rule, in the policy.
+    pull = bob["actions"]["pull"]["reasons"]
+    team = next(r["memberships"][0] for r in pull if r["memberships"])
+    assert team["text"] == "bob is a member of team:platform"
+    assert team["location"].startswith("teams.yaml:")
     html = soup(client.get("/-/access/r/platform/prod/api"))
+    assert "bob is a member of team:platform" in html.get_text()
     assert "user:bob" in [th.contents[0].get_text().strip() for th in html.select("tbody th")]
 
 

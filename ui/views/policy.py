@@ -8,8 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.health import health
-from gateway.policy.engine import Engine, Reason
+from gateway.policy.engine import Engine
 from gateway.policy.explain import explain as explain_scopes
+from gateway.policy.explain import reason_data
 from gateway.policy.model import ANONYMOUS_SUBJECT, REPOSITORY_ACTIONS, Role, Subject
 from gateway.policy.patterns import is_repository_name
 from ui.site import Site, Viewer, iso
@@ -18,13 +19,15 @@ from ui.views.catalog import GLOBAL, find_namespace
 ROLES = (Role.OWNER, Role.CONTRIBUTOR, Role.VIEWER)
 
 
-def reason_data(reason: Reason, base: str = "") -> dict[str, Any]:
-    where = reason.location
-    return {
-        "effect": reason.effect,
-        "rule": reason.rule,
-        "location": relative(where.short, base) if where and where.line else None,
-    }
+def in_policy(reason: dict[str, Any], base: str) -> dict[str, Any]:
+    """An explained reason with its locations, and its memberships', relative to the policy
+    directory (`access.yaml:12`, not where the files lie on the server)."""
+    if reason["location"]:
+        reason["location"] = relative(reason["location"], base)
+    for membership in reason.get("memberships", ()):
+        if membership["location"]:
+            membership["location"] = relative(membership["location"], base)
+    return reason
 
 
 def relative(location: str, base: str) -> str:
@@ -72,7 +75,7 @@ def access_data(site: Site, engine: Engine, target: str) -> dict[str, Any]:
             allowed, reasons = rights[action]
             actions[action] = {
                 "allowed": allowed,
-                "reasons": [reason_data(r, base) for r in reasons],
+                "reasons": [in_policy(reason_data(r, engine, subject), base) for r in reasons],
             }
             if allowed:
                 summary[action].append(str(subject))
@@ -218,8 +221,7 @@ async def explain(site: Site, request: Request, viewer: Viewer) -> Response:
             for resource in result["resources"]:
                 for action in resource["actions"]:
                     for reason in action["reasons"]:
-                        if reason["location"]:
-                            reason["location"] = relative(reason["location"], base)
+                        in_policy(reason, base)
             data["result"] = result
             data["known"] = subject.kind == "anonymous" or engine.known(subject)
         except ValueError as exc:
@@ -242,8 +244,7 @@ async def my_rights(site: Site, request: Request, viewer: Viewer) -> Response:
     cap = viewer.actions
     for action in actions:
         for reason in action["reasons"]:
-            if reason["location"]:
-                reason["location"] = relative(reason["location"], base)
+            in_policy(reason, base)
         if cap is not None and action["allowed"] and action["action"] not in cap:
             # As at the token endpoint: the policy's grant, capped by the token signed in with.
             action["allowed"] = False
