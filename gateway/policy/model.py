@@ -58,7 +58,8 @@ NOWHERE = Location("<builtin>", 0, 0)
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a rule names: `user:NAME`, `robot:NAME`, `team:NAME`, `authenticated`, `anonymous`."""
+    """Who a rule names: `user:NAME`, `robot:NAME`, `team:NAME`, `workload:NAME`,
+    `authenticated`, `anonymous`."""
 
     kind: str
     name: str = ""
@@ -73,16 +74,18 @@ ANONYMOUS = Principal("anonymous")
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    """Who is asking: a user, a robot, or nobody (anonymous).
+    """Who is asking: a user, a robot, a CI workload (an OIDC ID token), or nobody.
 
-    `directory` marks a user whom a directory backend (htpasswd, LDAP) signed in: such a user
-    is signed in even when the policy does not list the name (see `Engine.known`).
+    `directory` marks a user whom a directory backend (htpasswd, LDAP, an OIDC provider)
+    signed in: such a user is signed in even when the policy does not list the name (see
+    `Engine.known`).
     """
 
-    kind: str  # "user" | "robot" | "anonymous"
+    kind: str  # "user" | "robot" | "workload" | "anonymous"
     name: str = ""
     groups: frozenset[str] = frozenset()  # directory (LDAP) groups, mapped to teams by the engine
     directory: bool = False
+    oidc_groups: frozenset[str] = frozenset()  # an OIDC provider's groups (teams' oidc_groups)
 
     def __str__(self) -> str:
         return "anonymous" if self.kind == "anonymous" else f"{self.kind}:{self.name}"
@@ -93,12 +96,14 @@ class Subject:
 
     @classmethod
     def parse(cls, text: str) -> Subject:
-        """Read `user:NAME`, `robot:NAME` or `anonymous`; ValueError otherwise."""
+        """Read `user:NAME`, `robot:NAME`, `workload:NAME` or `anonymous`; ValueError otherwise."""
         if text == "anonymous":
             return ANONYMOUS_SUBJECT
         kind, sep, name = text.partition(":")
-        if not sep or kind not in ("user", "robot") or not name:
-            raise ValueError(f"subject {text!r}: expected user:NAME, robot:NAME or anonymous")
+        if not sep or kind not in ("user", "robot", "workload") or not name:
+            raise ValueError(
+                f"subject {text!r}: expected user:NAME, robot:NAME, workload:NAME or anonymous"
+            )
         return cls(kind, name)
 
 
@@ -149,6 +154,7 @@ class Team:
     location: Location
     ldap_groups: tuple[tuple[str, Role], ...] = ()
     description: str = ""
+    oidc_groups: tuple[tuple[str, Role], ...] = ()  # an OIDC provider's group names, exact
 
     def role_of(self, principal: Principal) -> Role | None:
         """The highest role this principal holds in the team, if any."""
@@ -219,6 +225,35 @@ class Webhook:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimCondition:
+    """One condition of a workload on an ID token's claim: the claim's value (as text) must
+    equal one of `values`, where a value with `*` is a glob (`*`: any characters)."""
+
+    claim: str
+    values: tuple[str, ...]
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A CI job identity: the ID tokens of `issuer` (a key of the gateway's trusted CI issuers)
+    for `audience` whose claims meet every condition sign in as `workload:NAME`.
+    `gateway/policy/workloads.py` reads, checks and matches it; docs/oidc.md describes it."""
+
+    name: str
+    issuer: str
+    audience: str
+    claims: tuple[ClaimCondition, ...]
+    expires: dt.date | None
+    only: tuple[str, ...] | None  # repository patterns it is confined to (None: no cap)
+    location: Location
+    description: str = ""
+
+    def expired(self, today: dt.date) -> bool:
+        return self.expires is not None and today > self.expires
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """A whole, validated policy. `revision` names the source it was read from."""
 
@@ -232,3 +267,4 @@ class Policy:
     revision: str = "unknown"
     files: tuple[str, ...] = field(default=())
     webhooks: tuple[Webhook, ...] = ()
+    workloads: dict[str, Workload] = field(default_factory=dict)
