@@ -57,7 +57,7 @@ def test_every_error_is_reported_at_its_position() -> None:
         "p/a.yaml:10:20: error: pattern 'ns/**/**': '**/**' is redundant, use one '**'",
         "p/a.yaml:11:21: error: grant: unknown action 'fly' (pull, push, delete or '*')",
         "p/b.yaml:1:1: error: unknown top-level key 'setings' (expected: settings, users, robots, "
-        "teams, namespaces, grants, restrictions, webhooks); did you mean 'settings'?",
+        "teams, namespaces, grants, restrictions, webhooks, workloads); did you mean 'settings'?",
     ]
 
 

@@ -34,6 +34,7 @@ from gateway.policy.model import (
     User,
     Visibility,
     Webhook,
+    Workload,
 )
 from gateway.policy.patterns import (
     MAX_REPOSITORY_NAME_LENGTH,
@@ -42,6 +43,7 @@ from gateway.policy.patterns import (
     is_component,
 )
 from gateway.policy.webhooks import merge_webhooks, read_webhooks
+from gateway.policy.workloads import merge_workloads, read_workloads
 
 SECTIONS = (
     "settings",
@@ -52,6 +54,7 @@ SECTIONS = (
     "grants",
     "restrictions",
     "webhooks",
+    "workloads",
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
@@ -264,6 +267,8 @@ class _ParsedFile:
         "user_refs",
         "users",
         "webhooks",
+        "workload_refs",
+        "workloads",
     )
 
     def __init__(self, name: str) -> None:
@@ -290,6 +295,9 @@ class _ParsedFile:
         self.team_refs: set[str] = set()
         self.bare: set[str] = set()
         self.webhooks: dict[str, Webhook] = {}  # the `webhooks:` section (policy/webhooks.py)
+        self.workloads: dict[str, Workload] = {}  # the `workloads:` section (policy/workloads.py)
+        # `workload:NAME` references (name, YAML mark), checked against every file's workloads.
+        self.workload_refs: list[tuple[str, Any]] = []
         # Where each bare name is used: the teams, and the rules ("grants" or "restrictions"
         # and index), to correct just those when the name turns out to be a robot's.
         self.bare_members: dict[str, list[str]] = {}
@@ -626,7 +634,7 @@ class _Builder:
                 self.out.robots[name] = Robot(name, digest, expires, description, loc)
 
     def read_teams(self, node: yn.Node, _: yn.Node) -> None:
-        allowed = ("owners", "contributors", "viewers", "ldap_groups", "description")
+        allowed = ("owners", "contributors", "viewers", "ldap_groups", "oidc_groups", "description")
         for name, key, value in self.mapping(node, "teams"):
             loc = self.at(key)
             if self.check_name("team", name, loc):
@@ -648,10 +656,13 @@ class _Builder:
                         self.out.user_refs.add(member)
                     elif kind == "robot":
                         self.out.robot_refs.add(member)
+                    elif kind == "workload":
+                        self.out.workload_refs.append((member, item.start_mark))
                     else:
                         self.error(
                             self.at(item),
-                            f"team member {text!r} must be a user or robot (user:NAME, robot:NAME)",
+                            f"team member {text!r} must be a user, robot or workload (user:NAME, "
+                            "robot:NAME, workload:NAME)",
                         )
                         continue
                     refs.append((len(members), text, kind, member, item.start_mark))
@@ -659,27 +670,33 @@ class _Builder:
         groups: list[tuple[str, Role]] = []
         if "ldap_groups" in f:
             groups = self.ldap_groups(f["ldap_groups"][1], name)
+        oidc: list[tuple[str, Role]] = []
+        if "oidc_groups" in f:
+            oidc = self.ldap_groups(f["oidc_groups"][1], name, "oidc_groups")
         description = ""
         if "description" in f:
             description = self.string(f["description"][1], "description") or ""
         self.out.member_refs[name] = tuple(refs)
-        return Team(name, tuple(members), loc, tuple(groups), description)
+        return Team(name, tuple(members), loc, tuple(groups), description, tuple(oidc))
 
-    def ldap_groups(self, node: yn.Node, team: str) -> list[tuple[str, Role]]:
-        """`ldap_groups`: DNs (members become viewers) or {group: DN, role: ROLE} mappings."""
+    def ldap_groups(
+        self, node: yn.Node, team: str, key: str = "ldap_groups"
+    ) -> list[tuple[str, Role]]:
+        """`ldap_groups` (or `oidc_groups`): group names (members become viewers) or
+        {group: NAME, role: ROLE} mappings."""
         items = node.value if isinstance(node, yn.SequenceNode) else [node]
         out = []
         for item in items:
             if isinstance(item, yn.MappingNode):
-                f = self.fields(item, f"an ldap_groups entry of team {team!r}", ("group", "role"))
+                f = self.fields(item, f"an {key} entry of team {team!r}", ("group", "role"))
                 dn = self.string(f["group"][1], "group") if "group" in f else None
                 role = self.choice(f["role"][1], "role", Role) if "role" in f else Role.VIEWER
                 if dn is None and "group" not in f:
-                    self.error(self.at(item), "an ldap_groups entry needs group: DN")
+                    self.error(self.at(item), f"an {key} entry needs group: NAME")
                 if dn and role:
                     out.append((dn, role))
             else:
-                dn = self.string(item, "an ldap_groups entry")
+                dn = self.string(item, f"an {key} entry")
                 if dn:
                     out.append((dn, Role.VIEWER))
         return out
@@ -732,6 +749,10 @@ class _Builder:
         """Subscriptions to events: read and checked by gateway/policy/webhooks.py."""
         self.out.webhooks = read_webhooks(node, self.file, self.report)
 
+    def read_workloads(self, node: yn.Node, _: yn.Node) -> None:
+        """CI jobs by their OIDC claims: read and checked by gateway/policy/workloads.py."""
+        self.out.workloads = read_workloads(node, self.file, self.report)
+
     def report(self, location: Location, severity: str, message: str) -> None:
         self.problems.append(Problem(location, severity, message))
 
@@ -760,9 +781,12 @@ class _Builder:
                 self.out.robot_refs.add(name)
             elif kind == "team":
                 self.out.team_refs.add(name)
+            elif kind == "workload":
+                self.out.workload_refs.append((name, item.start_mark))
             else:
                 self.error(
-                    self.at(item), f"{what} {text!r}: unknown kind {kind!r} (user, robot or team)"
+                    self.at(item),
+                    f"{what} {text!r}: unknown kind {kind!r} (user, robot, team or workload)",
                 )
                 continue
             refs.append((len(found), text, kind, name, item.start_mark))
@@ -955,6 +979,11 @@ class _Assembly:
             grants.extend(outcome.grants)
             restrictions.extend(outcome.restrictions)
         webhooks = merge_webhooks((f.webhooks for f in files), self.report)
+        workloads = merge_workloads((f.workloads for f in files), self.report)
+        for f in files:
+            for name, mark in f.workload_refs:
+                if name not in workloads:
+                    self.error(_at(f, mark), f"workload:{name} refers to no defined workload")
         if any(p.severity == "error" for p in self.problems):
             return None
         self.made = _Assembled(
@@ -971,6 +1000,7 @@ class _Assembly:
             revision=revision,
             files=names,
             webhooks=webhooks,
+            workloads=workloads,
         )
 
     def definitions(
@@ -1122,6 +1152,8 @@ class _Assembly:
         members = list(team.members)
         changed = []
         for position, text, kind, name, mark in f.member_refs[team.name]:
+            if kind == "workload":  # checked against every file's workloads by `build`
+                continue
             if (kind == "robot" and name in robots) or (kind != "robot" and name in users):
                 continue
             if not kind and name in robots:
@@ -1161,6 +1193,8 @@ class _Assembly:
                     f"{what} {text!r} is unknown; write user:NAME, robot:NAME, team:NAME, "
                     "authenticated or anonymous",
                 )
+                continue
+            if kind == "workload":  # checked against every file's workloads by `build`
                 continue
             known: Container[str] = {"user": users, "robot": robots, "team": teams}[kind]
             if name not in known:
