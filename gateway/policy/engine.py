@@ -38,7 +38,7 @@ from gateway.policy.model import (
     Visibility,
     stronger,
 )
-from gateway.policy.patterns import is_repository_name, namespace_of
+from gateway.policy.patterns import compile_pattern, is_repository_name, namespace_of
 
 ALL = "*"
 CATALOG = ("registry", "catalog")
@@ -140,6 +140,11 @@ class Engine:
         for team in policy.teams.values():
             for group_dn, role in team.ldap_groups:
                 self._groups[group_dn.lower()].append((team.name, role))
+        # OIDC group names are compared exactly (a provider's names and ids are case-sensitive).
+        self._oidc_groups: dict[str, list[tuple[str, Role]]] = defaultdict(list)
+        for team in policy.teams.values():
+            for name, role in team.oidc_groups:
+                self._oidc_groups[name].append((team.name, role))
         # For `granted`: Subject -> (is admin, teams, principals as text). Only plain dict
         # get/set/clear touch it, each atomic under the GIL, so concurrent callers at worst
         # derive the same facts twice. The engine never changes (a new policy builds a new
@@ -160,7 +165,21 @@ class Engine:
             return subject.name in self.policy.users or (subject.directory and bool(subject.name))
         if subject.kind == "robot":
             return subject.name in self.policy.robots
+        if subject.kind == "workload":
+            return subject.name in self.policy.workloads
         return False
+
+    def confined(self, subject: Subject, repository: str) -> str | None:
+        """For a workload with `only:` that does not reach `repository`: the patterns it is
+        confined to, as text; None when nothing confines the subject there."""
+        if subject.kind != "workload":
+            return None
+        workload = self.policy.workloads.get(subject.name)
+        if workload is None or workload.only is None:
+            return None
+        if any(compile_pattern(p).matches(repository) for p in workload.only):
+            return None
+        return ", ".join(workload.only)
 
     def teams_of(self, subject: Subject) -> dict[str, Role]:
         """The subject's teams and roles: listed memberships plus mapped directory groups."""
@@ -174,6 +193,9 @@ class Engine:
                 teams.update(held)  # a team is in one file: no two parts name the same team
         for dn in subject.groups:
             for team, role in self._groups.get(dn.lower(), ()):
+                teams[team] = stronger(teams.get(team), role)
+        for name in subject.oidc_groups:
+            for team, role in self._oidc_groups.get(name, ()):
                 teams[team] = stronger(teams.get(team), role)
         return teams
 
@@ -306,6 +328,13 @@ class Engine:
             for action in restriction.actions:
                 denies[action].append(Reason("deny", rule, restriction.location))
 
+        confined = self.confined(subject, repository)
+        if confined is not None:
+            workload = policy.workloads[subject.name]
+            rule = f"workload {subject.name} is confined to {confined} (only:)"
+            for action in REPOSITORY_ACTIONS:
+                denies[action].insert(0, Reason("deny", rule, workload.location))
+
         rights: dict[str, tuple[bool, tuple[Reason, ...]]] = {}
         for action in REPOSITORY_ACTIONS:
             if denies[action]:
@@ -382,6 +411,8 @@ class Engine:
         restrictions that list none of the subject's principals -- and must be kept in sync
         with it; a property test checks that the two agree.
         """
+        if subject.kind == "workload" and self.confined(subject, repository) is not None:
+            return frozenset()
         admin, teams, keys = self._facts(subject)
         allowed = set(_EVERY_ACTION) if admin else set()
         policy = self.policy
