@@ -133,6 +133,26 @@ def count_token_request(outcome: str, status: int, seconds: float, decisions: st
         _DECISION_CHILDREN[code].inc()
 
 
+_EVENT_CHILDREN: dict[tuple[str, str], Counter] = {}
+_DROP_CHILDREN: dict[str, Counter] = {}
+
+
+def count_event(kind: str, result: str) -> None:
+    """An event taken off the queue (bound once per type and result: events can be many)."""
+    child = _EVENT_CHILDREN.get((kind, result))
+    if child is None:
+        child = _EVENT_CHILDREN[kind, result] = EVENTS.labels(kind, result)
+    child.inc()
+
+
+def count_dropped(where: str) -> None:
+    """An event dropped from a full queue or outbox."""
+    child = _DROP_CHILDREN.get(where)
+    if child is None:
+        child = _DROP_CHILDREN[where] = WEBHOOK_DROPPED.labels(where)
+    child.inc()
+
+
 def exposition() -> bytes:
     """Every metric in the Prometheus text format (`CONTENT_TYPE`), from all workers."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

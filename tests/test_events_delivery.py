@@ -299,3 +299,43 @@ async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         await asyncio.sleep(0.02)
+
+
+@pytest.mark.usefixtures("secret_env")
+def test_a_dead_receiver_is_suspended_and_its_new_events_cost_nothing(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hook = webhook(f"http://127.0.0.1:{port}/hook")
+    retry = Retry(timeout=0.5, backoff=0.01, total=0.2)
+
+    async def scenario() -> Sender:
+        _, sender = sender_for((hook,), tmp_path, retry=retry)
+        try:
+            while sender.active("ci"):
+                await sender.deliver(hook, pushed())
+            assert sender.suspended_until("ci") is not None
+            await sender.dispatch(pushed(registry_id="while-suspended"))
+            assert "ci" not in sender._outboxes  # dropped before any work
+            return sender
+        finally:
+            await sender.close()
+
+    sender = asyncio.run(scenario())
+    assert sender._failures["ci"] >= 10
+
+
+@pytest.mark.usefixtures("secret_env")
+def test_a_2xx_resumes_a_suspended_receiver(receiver: Receiver, tmp_path: Path) -> None:
+    hook = webhook(receiver.url)
+    _, sender = sender_for((hook,), tmp_path)
+    for _ in range(10):
+        sender._answered("ci", False)
+    assert not sender.active("ci")
+    sender._until["ci"] = 0.0  # the pause is over: the next event is tried
+    assert sender.active("ci")
+    delivery = asyncio.run(_deliver(sender, hook, pushed()))
+    assert delivery.status == "delivered"
+    assert sender.active("ci") and "ci" not in sender._failures

@@ -34,6 +34,14 @@ from gateway.policy.model import Webhook
 log = logging.getLogger("registry_gateway.events")
 MAX_BACKOFF = 60.0  # seconds: the longest wait between two tries
 IN_FLIGHT = 4  # deliveries under way at once, per subscription
+# A receiver that failed this many requests in a row (or whose outbox holds BACKLOG events while
+# its last request failed) is suspended: its new events are dropped (and counted) for SUSPEND_FIRST
+# seconds, doubled each time after, at most SUSPEND_MAX; then the next event is tried, and a
+# 2xx resumes it. A dead or hung receiver then costs nothing.
+SUSPEND_AFTER = 10
+BACKLOG = 100  # events waiting in an outbox that, with a failed last request, suspend it too
+SUSPEND_FIRST = 30.0
+SUSPEND_MAX = 300.0
 RETRYABLE = frozenset({408, 425, 429})
 # What waits on the queue: an event, or the work of making events off the token path.
 Item = Event | Callable[[], Iterable[Event]]
@@ -90,7 +98,7 @@ class DeliveryLog:
 
 class _Outbox:
     def __init__(self, size: int) -> None:
-        self.queue: DropOldestQueue[tuple[Webhook, Event]] = DropOldestQueue(size)
+        self.queue: DropOldestQueue[tuple[Webhook, Event]] = DropOldestQueue(size, "outbox")
         self.slots = asyncio.Semaphore(IN_FLIGHT)
         self.task: asyncio.Task[None] | None = None
 
@@ -125,6 +133,51 @@ class Sender:
         self._outboxes: dict[str, _Outbox] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._client: httpx.AsyncClient | None = None
+        self._failures: dict[str, int] = {}  # failed requests in a row, per subscription
+        self._pause: dict[str, float] = {}  # its last suspension's length
+        self._until: dict[str, float] = {}  # suspended until (time.monotonic())
+        self.suspended: set[str] = set()  # subscriptions suspended now
+
+    def active(self, name: str) -> bool:
+        """Whether events for the subscription `name` are taken (not suspended)."""
+        if name not in self.suspended:
+            return True
+        if time.monotonic() >= self._until.get(name, 0.0):
+            self.suspended.discard(name)  # the next event tries the receiver again
+            return True
+        return False
+
+    def suspended_until(self, name: str) -> str | None:
+        """When a suspended subscription takes events again (RFC 3339), else None."""
+        if name not in self.suspended:
+            return None
+        return rfc3339(time.time() + max(0.0, self._until[name] - time.monotonic()))
+
+    def _answered(self, name: str, ok: bool) -> None:
+        """Count one request's outcome towards suspending (or resuming) the subscription."""
+        if ok:
+            self._failures.pop(name, None)
+            self._pause.pop(name, None)
+            self.suspended.discard(name)
+            return
+        failures = self._failures[name] = self._failures.get(name, 0) + 1
+        if failures >= SUSPEND_AFTER:
+            self._suspend(name, f"{failures} requests in a row failed")
+
+    def _suspend(self, name: str, why: str) -> None:
+        if name in self.suspended:
+            return
+        pause = min(SUSPEND_MAX, self._pause.get(name, SUSPEND_FIRST / 2) * 2)
+        self._pause[name] = pause
+        self._until[name] = time.monotonic() + pause
+        self.suspended.add(name)
+        log.warning(
+            "webhook %s: %s; its new events are dropped for %.0f s",
+            name,
+            why,
+            pause,
+            extra={"event": "webhook_suspended", "webhook": name},
+        )
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -155,22 +208,25 @@ class Sender:
         """Hand `event` to the outbox of each subscription that wants it."""
         webhooks = self.subscriptions().matching(event)
         if not webhooks:
-            metrics.EVENTS.labels(event.type, "unsubscribed").inc()
+            metrics.count_event(event.type, "unsubscribed")
             return
         if event.shared and not await self.claims.claim(event.id):
-            metrics.EVENTS.labels(event.type, "claimed_elsewhere").inc()
+            metrics.count_event(event.type, "claimed_elsewhere")
             return
-        metrics.EVENTS.labels(event.type, "dispatched").inc()
+        metrics.count_event(event.type, "dispatched")
         for webhook in webhooks:
+            if not self.active(webhook.name):
+                metrics.count_dropped("suspended")
+                continue
             box = self._outboxes.get(webhook.name)
             if box is None:
                 box = self._outboxes[webhook.name] = _Outbox(self.outbox_size)
                 box.queue.bind()
                 box.task = asyncio.create_task(self._serve(webhook.name, box))
-            before = box.queue.dropped
             box.queue.put_nowait((webhook, event))
-            if box.queue.dropped != before:
-                metrics.WEBHOOK_DROPPED.labels("outbox").inc()
+            if len(box.queue) >= BACKLOG and self._failures.get(webhook.name):
+                # Piling up, and its last request failed: a hung or dead receiver, not a slow one.
+                self._suspend(webhook.name, f"{BACKLOG} events wait and its last request failed")
 
     async def _serve(self, name: str, box: _Outbox) -> None:
         while True:
@@ -240,6 +296,7 @@ class Sender:
             latency = (time.monotonic() - sent) * 1000
             metrics.WEBHOOK_LATENCY.labels(webhook.name).observe(latency / 1000)
             metrics.WEBHOOK_ATTEMPTS.labels(webhook.name, _result(status, error)).inc()
+            self._answered(webhook.name, status is not None and 200 <= status < 300)
             if status is not None and 200 <= status < 300:
                 return self._done(webhook, event, "delivered", tries, status, latency, started)
             if status is not None and status < 500 and status not in RETRYABLE:

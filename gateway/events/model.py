@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +56,11 @@ def rfc3339(when: float) -> str:
     """A Unix time as RFC 3339 in UTC, to the millisecond."""
     moment = dt.datetime.fromtimestamp(when, dt.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def random_id() -> str:
+    """An id for an event only one replica sees: 128 random bits, in hex."""
+    return secrets.token_hex(16)
 
 
 def derived_id(*parts: str) -> str:
@@ -177,7 +183,7 @@ def token_denied(
             "request_id": request_id,
             "policy_revision": _text(audit.get("revision")),
         }
-        events.append(Event(str(uuid.uuid4()), "token.denied", rfc3339(now), repository, data))
+        events.append(Event(random_id(), "token.denied", rfc3339(now), repository, data))
     return events
 
 
@@ -192,7 +198,7 @@ def locked_out(
         "locks": list(scopes),
         "policy_revision": revision,
     }
-    return Event(str(uuid.uuid4()), "signin.locked_out", rfc3339(now), None, data)
+    return Event(random_id(), "signin.locked_out", rfc3339(now), None, data)
 
 
 def policy_changed(

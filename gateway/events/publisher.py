@@ -72,7 +72,9 @@ class Events:
         return self._subscriptions
 
     def wants(self, kind: str) -> bool:
-        return self.subscriptions().wants(kind)
+        """Whether a subscription takes `kind` now (one that is not suspended)."""
+        active = self.sender.active
+        return any(active(name) for name in self.subscriptions().names(kind))
 
     def public(self, repository: str) -> bool:
         """Whether anyone may pull `repository` (Harbor's `repo_type`)."""
@@ -173,6 +175,7 @@ class Events:
                     "repositories": list(webhook.repositories) if webhook else [],
                     "format": webhook.format if webhook else None,
                     "in_policy": webhook is not None,
+                    "suspended_until": self.sender.suspended_until(name),
                     "deliveries": self.sender.log.entries(name),
                 }
             )

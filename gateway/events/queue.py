@@ -18,8 +18,9 @@ T = TypeVar("T")
 class DropOldestQueue(Generic[T]):
     """At most `size` items; `put_nowait` on a full queue drops the oldest (`dropped`)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, where: str = "queue") -> None:
         self.size = max(1, size)
+        self.where = where  # the metric's label for what it drops
         self.dropped = 0
         self._items: deque[T] = deque()
         self._lock = threading.Lock()
@@ -44,7 +45,7 @@ class DropOldestQueue(Generic[T]):
             if len(self._items) >= self.size:
                 self._items.popleft()
                 self.dropped += 1
-                metrics.WEBHOOK_DROPPED.labels("queue").inc()
+                metrics.count_dropped(self.where)
             self._items.append(item)
         ready = self._ready
         if ready is None or ready.is_set():

@@ -36,9 +36,18 @@ class Subscriptions:
             for kind in webhook.events:
                 self._by_type.setdefault(kind, []).append((webhook, patterns))
 
+        self._names = {
+            kind: tuple(webhook.name for webhook, _ in found)
+            for kind, found in self._by_type.items()
+        }
+
     def wants(self, kind: str) -> bool:
         """Whether any subscription takes events of this type (cheap: the token path asks)."""
         return kind in self._by_type
+
+    def names(self, kind: str) -> tuple[str, ...]:
+        """The subscriptions that take events of this type."""
+        return self._names.get(kind, ())
 
     def matching(self, event: Event) -> list[Webhook]:
         """The subscriptions that get `event`: its type, and a pattern naming its repository
