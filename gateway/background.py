@@ -12,6 +12,7 @@ from pathlib import Path
 import watchfiles
 
 from gateway import metrics
+from gateway.auth.lockout import EPOCH_INTERVAL
 from gateway.catalog.index import CatalogIndex
 from gateway.policy.gitsource import GitSyncError
 from gateway.services import Services, follow_remote
@@ -33,6 +34,8 @@ def start(services: Services) -> list[asyncio.Task[None]]:
         work.append(watch_htpasswd(services))
     if services.catalog is not None:
         work.append(refresh_catalog(services, services.catalog))
+    if services.authenticator.throttle.shared:
+        work.append(follow_lockouts(services))
     return [asyncio.create_task(job) for job in work]
 
 
@@ -152,6 +155,16 @@ async def watch_htpasswd(services: Services) -> None:
             path,
             extra={"event": "htpasswd_unwatched"},
         )
+
+
+async def follow_lockouts(services: Services) -> None:
+    """Read the shared lockout store's epoch every EPOCH_INTERVAL seconds: a failure counted
+    on another worker or replica ends this process's replays and remembered sign-ins within
+    about that long (and nothing is replayed while the store cannot be read)."""
+    throttle = services.authenticator.throttle
+    while True:
+        await _survive("reading the lockout epoch", throttle.refresh_epoch())
+        await asyncio.sleep(EPOCH_INTERVAL)
 
 
 async def watch_keys(services: Services) -> None:

@@ -22,6 +22,8 @@ from gateway.auth.credentials import ROBOT_PREFIX, new_secret, sha256_hex
 from gateway.auth.floor import MARGIN, FailureFloor, hash_kind
 from gateway.auth.identity import AuthenticationFailed, Authenticator, Identity, TooManyAttempts
 from gateway.auth.lockout import (
+    EPOCH_STALE,
+    Epoch,
     Keys,
     Limits,
     LockStore,
@@ -254,6 +256,37 @@ def test_sqlite_rows_that_hold_nothing_are_deleted(tmp_path: Path) -> None:
     run(store.settle(keys, "a", "succeeded"))
     assert store._connection is not None
     assert store._connection.execute("SELECT count(*) FROM lockout").fetchone() == (0,)
+
+
+def test_a_failure_counted_by_one_worker_moves_the_epoch_every_worker_reads(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "lockout.sqlite3"
+    one, two = SqliteLockStore(path, Limits(user=3)), SqliteLockStore(path, Limits(user=3))
+    run(two.refresh_epoch())
+    before = two.epoch()
+    assert two.epoch() == before  # stands while nothing was counted
+    keys = keys_for("dave", "203.0.113.5")
+    run(one.reserve(keys, "a"))
+    run(one.settle(keys, "a", "succeeded"))
+    run(two.refresh_epoch())
+    assert two.epoch() == before  # a success is no reason to end replays
+    fail(one, keys)
+    assert two.epoch() == before  # until the other worker reads it again
+    run(two.refresh_epoch())
+    assert two.epoch() != before
+
+
+def test_an_epoch_that_cannot_be_read_matches_nothing() -> None:
+    """Fail closed: before the first read, and once the last read is too old, the epoch is a
+    new object each time, so no replay or remembered sign-in is ever taken for it."""
+    clock = Clock()
+    epoch = Epoch(clock=clock)
+    assert epoch.current() != epoch.current()
+    epoch.read(7)
+    assert epoch.current() == epoch.current() == 7
+    clock.now += EPOCH_STALE + 0.1
+    assert epoch.current() != epoch.current()
 
 
 # -- the failure floor ------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -268,13 +268,15 @@ class Authenticator:
         )
 
     @property
-    def generation(self) -> tuple[int, str | None]:
+    def generation(self) -> tuple[int, str | None, Hashable]:
         """Changes whenever an answer given to right credentials may no longer be given again
-        without checking: a counted failure (it may have started a lockout), a try refused by
-        a lockout (it may have been right) or a new htpasswd file. The token endpoint replays
+        without checking: a counted failure (it may have started a lockout), here or, through
+        a shared lockout store's epoch, on any other worker or replica; a try refused by a
+        lockout (it may have been right); or a new htpasswd file. The token endpoint replays
         recent answers only within one generation."""
         htpasswd = self.htpasswd
-        return (self._generation, htpasswd.entries.revision if htpasswd is not None else None)
+        revision = htpasswd.entries.revision if htpasswd is not None else None
+        return (self._generation, revision, self.throttle.epoch())
 
     # -- sign-in -----------------------------------------------------------------------
 

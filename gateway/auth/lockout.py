@@ -30,7 +30,7 @@ import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -38,6 +38,8 @@ BACKOFF_CAP = 60.0  # seconds: the longest wait between tries short of a lockout
 PENDING_TTL = 120.0  # seconds after which a reservation never settled (a dead process) lapses
 KEPT = 1024  # most failure times one key keeps (a limit of 0 never clears them)
 IPV6_PREFIX = 64  # an IPv6 client counts by its /64: one host usually holds the whole prefix
+EPOCH_INTERVAL = 0.25  # seconds between reads of a shared store's epoch (see Epoch)
+EPOCH_STALE = 1.0  # an epoch read longer ago than this is not trusted
 
 Outcome = Literal["failed", "succeeded", "uncounted"]
 Scope = Literal["address", "user", "account"]
@@ -207,8 +209,40 @@ def settle(
     return started
 
 
+class Epoch:
+    """A count, shared by every process that counts in one store, that moves with every
+    counted failure anywhere (each may have started a lockout). Replayed answers and
+    remembered sign-ins stand only within one epoch, so a lockout started on one replica ends
+    them on every replica once each has read the count again (every EPOCH_INTERVAL seconds).
+    While the count cannot be read (older than EPOCH_STALE), `current` is a new object each
+    time: nothing is replayed at all. Fail closed."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._value: int | None = None
+        self._read_at = -EPOCH_STALE
+
+    def read(self, value: int) -> None:
+        self._value, self._read_at = value, self._clock()
+
+    def current(self) -> Hashable:
+        if self._value is None or self._clock() - self._read_at > EPOCH_STALE:
+            return object()  # equal to nothing: no replays until the count is read again
+        return self._value
+
+
 class LockStore(Protocol):
     """Where the counts live. Each call is one atomic step (one round trip, at most)."""
+
+    shared: bool  # whether other processes count here too (then `refresh_epoch` must run)
+
+    def epoch(self) -> Hashable:
+        """The epoch of the counts (see Epoch): the same while no failure was counted."""
+        ...
+
+    async def refresh_epoch(self) -> None:
+        """Read the shared epoch again (a background task calls this every EPOCH_INTERVAL)."""
+        ...
 
     async def reserve(self, keys: Keys, ticket: str) -> Refusal | None:
         """Reserve an attempt under `ticket`, or the refusal that stops it."""
@@ -222,6 +256,8 @@ class LockStore(Protocol):
 class MemoryLockStore:
     """The counts of this process, for at most `size` keys (least recent dropped). Each call
     runs without yielding, so it is atomic on the event loop."""
+
+    shared = False  # this process's own failures already move the authenticator's generation
 
     def __init__(
         self, limits: Limits, size: int = 100_000, clock: Callable[[], float] = time.monotonic
@@ -249,6 +285,12 @@ class MemoryLockStore:
     async def settle(self, keys: Keys, ticket: str, outcome: Outcome) -> list[Scope]:
         return settle(self.limits, self._records_of(keys), ticket, outcome, self._clock())
 
+    def epoch(self) -> Hashable:
+        return 0
+
+    async def refresh_epoch(self) -> None:
+        return None
+
 
 # Told of every lockout a failure starts: (user name or None, client address, the scopes).
 LockoutListener = Callable[[str | None, str, list[Scope]], None]
@@ -262,6 +304,13 @@ class Announcing:
     def __init__(self, store: LockStore, listener: LockoutListener) -> None:
         self.store = store
         self.listener = listener
+        self.shared = store.shared
+
+    def epoch(self) -> Hashable:
+        return self.store.epoch()
+
+    async def refresh_epoch(self) -> None:
+        await self.store.refresh_epoch()
 
     async def reserve(self, keys: Keys, ticket: str) -> Refusal | None:
         return await self.store.reserve(keys, ticket)

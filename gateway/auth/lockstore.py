@@ -15,7 +15,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +24,7 @@ from anyio import CapacityLimiter
 
 from gateway.auth.lockout import (
     PENDING_TTL,
+    Epoch,
     Keys,
     Limits,
     Outcome,
@@ -42,6 +43,8 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS lockout "
     "(key TEXT PRIMARY KEY, record TEXT NOT NULL, touched REAL NOT NULL)"
 )
+# The epoch (see lockout.Epoch): one row, moved by every counted failure of any worker.
+_EPOCH_SCHEMA = "CREATE TABLE IF NOT EXISTS epoch (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)"
 
 
 def _load(text: str | None) -> Record:
@@ -74,6 +77,8 @@ def _idle(record: Record, now: float) -> bool:
 class SqliteLockStore:
     """`LockStore` in an SQLite file that several processes share."""
 
+    shared = True
+
     def __init__(self, path: Path, limits: Limits, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
         self.limits = limits
@@ -81,6 +86,7 @@ class SqliteLockStore:
         self._connection: sqlite3.Connection | None = None
         self._thread = CapacityLimiter(1)  # one connection, used by one thread at a time
         self._swept = 0.0
+        self._epoch = Epoch()
 
     def open(self) -> None:
         """Open (and create) the file now; sqlite3.Error or OSError if it cannot be used."""
@@ -94,12 +100,18 @@ class SqliteLockStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=OFF")  # counts, not records to keep
             connection.execute(_SCHEMA)
+            connection.execute(_EPOCH_SCHEMA)
         except BaseException:
             connection.close()
             raise
         self._connection = connection
 
-    def _transaction(self, keys: Keys, step: Callable[[dict[Scope, Record], float], T]) -> T:
+    def _transaction(
+        self,
+        keys: Keys,
+        step: Callable[[dict[Scope, Record], float], T],
+        outcome: Outcome | None = None,
+    ) -> T:
         self.open()
         connection = self._connection
         assert connection is not None
@@ -114,6 +126,10 @@ class SqliteLockStore:
                 ).fetchone()
                 records[scope] = _load(row[0] if row else None)
             result = step(records, now)
+            if outcome == "failed":
+                connection.execute(
+                    "INSERT INTO epoch VALUES (0, 1) ON CONFLICT(id) DO UPDATE SET value = value + 1"
+                )
             for scope, key in scoped:
                 if _idle(records[scope], now):
                     connection.execute("DELETE FROM lockout WHERE key = ?", (key,))
@@ -133,8 +149,32 @@ class SqliteLockStore:
             raise
         return result
 
-    async def _run(self, keys: Keys, step: Callable[[dict[Scope, Record], float], T]) -> T:
-        return await anyio.to_thread.run_sync(self._transaction, keys, step, limiter=self._thread)
+    async def _run(
+        self,
+        keys: Keys,
+        step: Callable[[dict[Scope, Record], float], T],
+        outcome: Outcome | None = None,
+    ) -> T:
+        return await anyio.to_thread.run_sync(
+            self._transaction, keys, step, outcome, limiter=self._thread
+        )
+
+    def epoch(self) -> Hashable:
+        return self._epoch.current()
+
+    async def refresh_epoch(self) -> None:
+        try:
+            value = await anyio.to_thread.run_sync(self._read_epoch, limiter=self._thread)
+        except (sqlite3.Error, OSError) as exc:
+            _unreachable(self.path, exc)
+            return  # the epoch goes stale: no replays until the file answers again
+        self._epoch.read(value)
+
+    def _read_epoch(self) -> int:
+        self.open()
+        assert self._connection is not None
+        row = self._connection.execute("SELECT value FROM epoch WHERE id = 0").fetchone()
+        return int(row[0]) if row else 0
 
     async def reserve(self, keys: Keys, ticket: str) -> Refusal | None:
         try:
@@ -146,7 +186,7 @@ class SqliteLockStore:
     async def settle(self, keys: Keys, ticket: str, outcome: Outcome) -> list[Scope]:
         try:
             return await self._run(
-                keys, lambda r, now: settle(self.limits, r, ticket, outcome, now)
+                keys, lambda r, now: settle(self.limits, r, ticket, outcome, now), outcome
             )
         except (sqlite3.Error, OSError) as exc:
             _unreachable(self.path, exc)

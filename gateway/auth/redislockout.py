@@ -11,6 +11,7 @@ counter must not lock everyone out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -19,6 +20,7 @@ from gateway.auth.lockout import (
     BACKOFF_CAP,
     KEPT,
     PENDING_TTL,
+    Epoch,
     Keys,
     Limits,
     Outcome,
@@ -28,12 +30,13 @@ from gateway.auth.lockout import (
 
 log = logging.getLogger("registry_gateway.lockout")
 
-# Shared by both scripts. KEYS: address f, p, lock, wait; [user f, p, lock, wait; account f].
+# Shared by both scripts. KEYS: address f, p, lock, wait; [user f, p, lock, wait; account f];
+# the epoch (see lockout.Epoch), last.
 # Times are milliseconds.
 _COMMON = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local groups = (#KEYS == 9) and 2 or 1
+local groups = (#KEYS == 10) and 2 or 1
 local function prune(g, window, pending_ttl)
   redis.call('ZREMRANGEBYSCORE', KEYS[4 * g - 3], '-inf', now - window)
   redis.call('ZREMRANGEBYSCORE', KEYS[4 * g - 2], '-inf', now - pending_ttl)
@@ -93,6 +96,7 @@ for g = 1, groups do
   prune(g, window, pending_ttl)
 end
 if outcome == 'failed' then
+  redis.call('INCR', KEYS[#KEYS])
   for g = 1, groups do
     local f, lock, wait = KEYS[4 * g - 3], KEYS[4 * g - 1], KEYS[4 * g]
     local limit, free = tonumber(ARGV[8 + 2 * g]), tonumber(ARGV[9 + 2 * g])
@@ -137,12 +141,27 @@ def _ms(seconds: float) -> int:
 class RedisLockStore:
     """`LockStore` in Redis, shared by every replica that uses the same server and service."""
 
+    shared = True
+
     def __init__(self, client: aioredis.Redis[bytes], limits: Limits, prefix: str) -> None:
         self.client = client
         self.limits = limits
         self.prefix = prefix
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
+        self._epoch_key = f"{prefix}epoch"
+        self._epoch = Epoch()
+
+    def epoch(self) -> Hashable:
+        return self._epoch.current()
+
+    async def refresh_epoch(self) -> None:
+        try:
+            value = await self.client.get(self._epoch_key)
+        except RedisError as exc:
+            _unreachable(exc)
+            return  # the epoch goes stale: no replays until Redis answers again
+        self._epoch.read(int(value or 0))
 
     def _keys(self, keys: Keys) -> list[str]:
         names = []
@@ -152,7 +171,7 @@ class RedisLockStore:
                 names.append(f"{base}:failures")
             else:
                 names += [f"{base}:failures", f"{base}:pending", f"{base}:lock", f"{base}:wait"]
-        return names
+        return [*names, self._epoch_key]
 
     def _per_group(self) -> list[int]:
         limits = self.limits

@@ -15,7 +15,8 @@ may stand:
 
 The rule: an entry stands only under the same `Conditions` it was made under (the policy
 revision, the signing key, and the authenticator's generation, which moves with every
-counted sign-in failure and every htpasswd change), and only until its deadline: the token
+counted sign-in failure, on this process or, through a shared lockout store's epoch, on any
+other worker or replica, and with every htpasswd change), and only until its deadline: the token
 reuse window (less the token's age), for slow-hash and LDAP sign-ins the verified-credential
 cache's TTL as well, and never past the next local midnight, when `expires` dates act. No
 password is kept: keys are MACs under a random per-process key.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 
-from tests.support.gateway import PASSWORDS, start_gateway
+from tests.support.gateway import PASSWORDS, SERVICE, start_gateway
+from tests.support.nginx import start_nginx
 from tests.support.redis import RedisServer
+from tests.support.replicas import make_keys, start_replicas
 
 LOCKOUT = [
     "--lockout-failures",
@@ -70,5 +73,60 @@ def test_a_redis_outage_does_not_lock_anyone_out(tmp_path: Path, redis_server: R
         assert sign_in(gateway.url, gateway.service, "carol", "wrong").status_code == 401
         assert sign_in(gateway.url, gateway.service, "carol", PASSWORDS["carol"]).status_code == 200
         assert "lockout store unreachable" in gateway.logs()
+    finally:
+        gateway.stop()
+
+
+def test_a_lockout_on_one_replica_ends_replays_on_every_replica_within_a_second(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Three replicas behind nginx share Redis. bob's answer is replayed on each of them (the
+    same request, asked again); wrong passwords through nginx lock bob; then each replica,
+    asked directly with bob's right password, refuses him within a second: the lockout's
+    epoch, read from Redis every quarter second, ends the replays and remembered sign-ins.
+    Before, each replica replayed bob's answer for up to 30 s."""
+    keys = make_keys(tmp_path / "keys", tmp_path / "bundle.pem")
+    env = {"REGISTRY_GATEWAY_REDIS_URL": redis_server.url}
+    replicas = start_replicas(tmp_path / "replicas", 3, keys=keys, args=LOCKOUT, env=env)
+    nginx = start_nginx(tmp_path / "nginx", [f"127.0.0.1:{r.port}" for r in replicas])
+    try:
+        for replica in replicas:
+            for _ in range(3):  # kept from the second sighting, replayed from the third
+                assert sign_in(replica.url, SERVICE, "bob", PASSWORDS["bob"]).status_code == 200
+        for attempt in range(3):
+            assert sign_in(nginx.url, SERVICE, "bob", f"wrong-{attempt}").status_code == 401
+        locked_at = time.monotonic()
+        took = []
+        for replica in replicas:
+            while sign_in(replica.url, SERVICE, "bob", PASSWORDS["bob"]).status_code != 429:
+                assert time.monotonic() - locked_at < 5, f"{replica.url} still answers bob"
+                time.sleep(0.05)
+            took.append(time.monotonic() - locked_at)
+        print(f"replays ended on the three replicas after {[f'{t:.2f}' for t in took]} s")
+        assert max(took) < 1.0
+        # The replays end for bob alone: carol's go on (no new failure, no new epoch).
+        assert sign_in(replicas[0].url, SERVICE, "carol", PASSWORDS["carol"]).status_code == 200
+    finally:
+        nginx.stop()
+        for replica in replicas:
+            replica.stop()
+
+
+def test_while_redis_is_unreachable_nothing_is_replayed(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Fail closed: a replica that cannot read the epoch checks every sign-in afresh."""
+    gateway = start_gateway(
+        tmp_path / "gw", args=LOCKOUT, env={"REGISTRY_GATEWAY_REDIS_URL": redis_server.url}
+    )
+    try:
+        for _ in range(3):
+            assert sign_in(gateway.url, SERVICE, "bob", PASSWORDS["bob"]).status_code == 200
+        assert [r.get("reused") for r in gateway.audit()][-1] is True  # replayed while it could
+        redis_server.stop()
+        time.sleep(1.5)  # the last epoch read is stale now
+        for _ in range(3):
+            assert sign_in(gateway.url, SERVICE, "bob", PASSWORDS["bob"]).status_code == 200
+        assert [r.get("reused") for r in gateway.audit()][-3:] == [None, None, None]
     finally:
         gateway.stop()
