@@ -104,6 +104,17 @@ def _ldap_url(text: str) -> str:
     return str(text).rstrip("/")
 
 
+def _issuers(text: str) -> str:
+    """NAME=https://ISSUER pairs, comma-separated"""
+    for part in (p.strip() for p in str(text or "").split(",")):
+        name, sep, url = part.partition("=")
+        if not part:
+            continue
+        if not sep or not name.strip() or not url.strip().startswith(("https://", "http://")):
+            raise ValueError(f"{part[:100]!r} is not NAME=URL")
+    return str(text or "")
+
+
 def _bool(text: str) -> bool:
     """true or false"""
     value = str(text).strip().lower()
@@ -363,6 +374,63 @@ FIELDS: tuple[Field, ...] = (
     Field("ldap_group_attribute", "memberOf", str, "user attribute listing group DNs"),
     Field("ldap_connect_timeout", 3.0, _duration, "LDAP connect timeout"),
     Field("ldap_timeout", 5.0, _duration, "LDAP answer timeout"),
+    # -- OIDC (docs/oidc.md): people through an identity provider, CI jobs by their token ---
+    Field(
+        "oidc_issuer",
+        None,
+        _optional(_url),
+        "the identity provider people sign in with (its discovery document is read)",
+    ),
+    Field("oidc_client_id", None, _optional(str), "the gateway's client id at the provider"),
+    Field(
+        "oidc_client_secret",
+        None,
+        _optional(_secret),
+        "the gateway's client secret at the provider (env or file only)",
+        flag=False,
+    ),
+    Field(
+        "oidc_client_secret_file",
+        None,
+        _optional(_path),
+        "a file holding the client secret (a mounted secret), instead of oidc_client_secret",
+    ),
+    Field("oidc_scopes", "openid profile email groups", _text, "scopes asked for at sign-in"),
+    Field("oidc_redirect_path", "/-/oidc/callback", _text, "the redirect URI's path"),
+    Field("oidc_provider_name", "single sign-on", _text, "shown as 'Sign in with NAME'"),
+    Field(
+        "oidc_username_claim",
+        "preferred_username",
+        _text,
+        "the claim holding the user name (matched to policy users)",
+    ),
+    Field("oidc_groups_claim", "groups", _text, "the claim holding the user's groups"),
+    Field(
+        "oidc_group_filter",
+        None,
+        _optional(str),
+        "a regular expression: only groups matching it whole are kept (unset: all)",
+    ),
+    Field(
+        "oidc_admin_group",
+        None,
+        _optional(str),
+        "members of this provider group see the UI's admin pages (registry rights stay policy)",
+    ),
+    Field("oidc_hide_password_form", False, _bool, "show only the provider's button at sign-in"),
+    Field(
+        "oidc_cli_secret_max_ttl",
+        90 * 86400.0,
+        _duration,
+        "the longest lifetime a CLI secret made in the UI may have",
+    ),
+    Field(
+        "oidc_ci_issuers",
+        "",
+        _issuers,
+        "trusted CI issuers besides github and gitlab(.com), NAME=URL,NAME=URL (policy "
+        "workloads name them)",
+    ),
     # -- webhooks (docs/events.md); the subscriptions are policy, their secrets env or files --
     Field(
         "webhook_queue_size",
@@ -481,6 +549,20 @@ class Settings:
     ldap_group_attribute: str
     ldap_connect_timeout: float
     ldap_timeout: float
+    oidc_issuer: str | None
+    oidc_client_id: str | None
+    oidc_client_secret: Secret | None
+    oidc_client_secret_file: Path | None
+    oidc_scopes: str
+    oidc_redirect_path: str
+    oidc_provider_name: str
+    oidc_username_claim: str
+    oidc_groups_claim: str
+    oidc_group_filter: str | None
+    oidc_admin_group: str | None
+    oidc_hide_password_form: bool
+    oidc_cli_secret_max_ttl: float
+    oidc_ci_issuers: str
     webhook_queue_size: int
     webhook_timeout: float
     webhook_backoff: float
