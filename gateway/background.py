@@ -51,9 +51,22 @@ async def sync(services: Services) -> bool:
 
 
 async def poll_remote(services: Services) -> None:
+    """Fetch every `poll_interval` seconds on a fixed beat: the time a fetch takes does not
+    push the next one later (a fetch that overruns its period skips to the next beat)."""
+    interval = services.settings.poll_interval
+    loop = asyncio.get_running_loop()
+    beat = loop.time()
     while True:
-        await asyncio.sleep(services.settings.poll_interval)
+        beat = next_beat(beat, interval, loop.time())
+        await asyncio.sleep(beat - loop.time())
         await _survive("polling the policy remote", sync(services))
+
+
+def next_beat(last: float, interval: float, now: float) -> float:
+    """The first beat after `now` on the grid `last + k * interval`."""
+    if now < last + interval:
+        return last + interval
+    return last + (int((now - last) / interval) + 1) * interval
 
 
 async def _survive(what: str, work: Awaitable[object]) -> None:

@@ -270,6 +270,20 @@ def test_git_branch_is_followed_and_broken_pushes_are_not(
         )
         assert "history rewritten" in gateway.logs()
         assert httpx.get(f"{gateway.url}/healthz").json()["status"] == "ok"
+
+        # A commit outside the policy directory changes no right, and still names the revision.
+        (work / "CHANGELOG.md").write_text("nothing about access\n")
+        unrelated = commit_and_push(work, "docs only")
+        assert wait_for(lambda: bob_push(gateway), lambda v: v[0] == unrelated, timeout=5) == (
+            unrelated,
+            ["pull", "push"],
+        )
+        health = httpx.get(f"{gateway.url}/healthz").json()
+        assert (health["status"], health["revision"], health["newest"]) == (
+            "ok",
+            unrelated,
+            unrelated,
+        )
     finally:
         gateway.stop()
 
