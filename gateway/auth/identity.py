@@ -10,6 +10,10 @@ asked (docs/authentication.md has the reasons):
 4. the htpasswd file (bcrypt);
 5. the LDAP directory (a bind as the user).
 
+A password shaped like a JWT is first an OIDC ID token of a CI job (gateway/auth/workloads.py):
+it signs in as the one policy workload it matches, whatever the user name. Such a token is
+verified by its signature, not guessed: its refusals are not counted, and they say why.
+
 Slow hashes and LDAP binds run in worker threads, never on the event loop, and once one
 succeeds the same credentials are accepted from `VerificationCache` for a while. Every failure
 is answered no sooner than `FailureFloor` after it started (gateway/auth/floor.py), so an
@@ -48,11 +52,14 @@ from gateway.auth.floor import FailureFloor, hash_kind
 from gateway.auth.htpasswd import HtpasswdFile
 from gateway.auth.ldap import LdapConfig, LdapDirectory, LdapRejected, LdapUnavailable, LdapUser
 from gateway.auth.lockout import Limits, LockStore, MemoryLockStore, Outcome, Refusal, keys_for
+from gateway.auth.oidc import OidcRefused, looks_like_jwt
 from gateway.auth.tokens import RefreshClaims
 from gateway.auth.verifycache import VerificationCache
+from gateway.auth.workloads import Workloads
 from gateway.config import ConfigError, Settings
 from gateway.policy.engine import Engine
 from gateway.policy.model import ANONYMOUS_SUBJECT, REPOSITORY_ACTIONS, Subject
+from gateway.policy.workloads import trusted_issuers
 
 __all__ = [
     "ANONYMOUS",
@@ -77,17 +84,21 @@ class Identity:
 
     subject: Subject
     method: str  # anonymous | password | htpasswd | ldap | robot | access_token | refresh_token
+    # | oidc (a CI job's ID token)
     fingerprint: str | None = None  # ties refresh tokens to the credential they came from
     actions: frozenset[str] | None = None  # a personal access token's cap (None: no cap)
     via: str | None = None  # for refresh tokens: "htpasswd", "ldap", "token:NAME" or None
     # For a slow sign-in (hash, LDAP): when the verified-credential cache stops vouching for
     # it (time.monotonic()). Nothing built on this sign-in may outlive it (gateway/auth/reuse.py).
     vouched_until: float | None = None
+    # Audit fields of this sign-in (an OIDC token's issuer, subject and workload).
+    details: tuple[tuple[str, str], ...] = ()
 
     @property
     def refreshable(self) -> bool:
-        """Whether a refresh token may stand for this sign-in (not for LDAP: see the docs)."""
-        return self.subject.kind != "anonymous" and self.via != "ldap"
+        """Whether a refresh token may stand for this sign-in (not for LDAP, nor for a CI
+        job's ID token, which lives minutes: see the docs)."""
+        return self.subject.kind != "anonymous" and self.via not in ("ldap", "oidc")
 
     def allows(self, action: str) -> bool:
         """Whether the cap (if any) lets `action` through; `*` needs every repository action."""
@@ -104,12 +115,23 @@ ANONYMOUS = Identity(ANONYMOUS_SUBJECT, "anonymous")
 class AuthenticationFailed(Exception):
     """Bad credentials. `reason` is for the audit log only; clients get a generic answer."""
 
-    def __init__(self, reason: str, username: str = "", *, counts: bool = True) -> None:
+    def __init__(
+        self,
+        reason: str,
+        username: str = "",
+        *,
+        counts: bool = True,
+        public: str | None = None,
+        details: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.username = username
         self.counts = counts  # a failure of the caller (not of a directory that is down)
         self.locked: list[str] = []  # lockouts this failure started ("user", "address", ...)
+        # What the client is told, when it may be told why (an OIDC token's refusal).
+        self.public = public
+        self.details = details  # audit fields
 
 
 _REFUSALS = {
@@ -231,9 +253,11 @@ class Authenticator:
         throttle: LockStore | None = None,
         floor: FailureFloor | None = None,
         repeat_window: float = 300.0,
+        workloads: Workloads | None = None,
     ) -> None:
         self.htpasswd = htpasswd
         self.ldap = ldap
+        self.workloads = workloads
         self.cache = cache if cache is not None else VerificationCache(300)
         self.throttle: LockStore = throttle if throttle is not None else MemoryLockStore(Limits())
         self.floor = floor if floor is not None else FailureFloor()
@@ -258,6 +282,10 @@ class Authenticator:
     def from_settings(cls, settings: Settings) -> Authenticator:
         """The backends the settings configure; ConfigError for incomplete LDAP settings."""
         ldap_config = LdapConfig.from_settings(settings)
+        try:
+            workloads = Workloads.for_issuers(trusted_issuers(settings.oidc_ci_issuers))
+        except ValueError as exc:
+            raise ConfigError(f"setting oidc_ci_issuers: {exc}") from None
         return cls(
             htpasswd=HtpasswdFile(settings.htpasswd) if settings.htpasswd else None,
             ldap=LdapDirectory(ldap_config) if ldap_config else None,
@@ -265,6 +293,7 @@ class Authenticator:
             throttle=throttle_for(settings),
             floor=FailureFloor(settings.signin_failure_floor),
             repeat_window=settings.lockout_window,
+            workloads=workloads,
         )
 
     @property
@@ -289,6 +318,8 @@ class Authenticator:
         must wait; AuthenticationFailed when the credentials are wrong (or the only backend
         that could check them is down), never sooner than the failure floor after the call.
         """
+        if self.workloads is not None and looks_like_jwt(password):
+            return await self._workload(engine, password)
         started = self.floor.clock()
         try:
             return await self._sign_in(engine, username, password, client)
@@ -301,6 +332,33 @@ class Authenticator:
             self._notice(engine)
             await self.floor.wait(started)
             raise
+
+    async def _workload(self, engine: Engine, token: str) -> Identity:
+        """A CI job's ID token: the workload it matches, good until the token expires."""
+        assert self.workloads is not None
+        try:
+            found = await self.workloads.sign_in(engine, token)
+        except OidcRefused as exc:
+            refused = (("oidc_issuer", exc.issuer), ("oidc_subject", exc.subject))
+            public = f"OIDC token refused: {exc.message} (issuer {exc.issuer or '?'}, "
+            public += f"subject {exc.subject or '?'})"
+            raise AuthenticationFailed(
+                f"OIDC token: {exc.message}", counts=False, public=public, details=refused
+            ) from None
+        verified = found.token
+        left = verified.expires - time.time()
+        details = (
+            ("oidc_issuer", verified.issuer),
+            ("oidc_subject", verified.subject),
+            ("workload", found.workload.name),
+        )
+        return Identity(
+            Subject("workload", found.workload.name),
+            "oidc",
+            via="oidc",
+            vouched_until=time.monotonic() + left,
+            details=details,
+        )
 
     def _notice(self, engine: Engine) -> None:
         """Tell the floor which kinds of hash the live policy and htpasswd file hold (not on

@@ -18,7 +18,8 @@ revision, the signing key, and the authenticator's generation, which moves with 
 counted sign-in failure, on this process or, through a shared lockout store's epoch, on any
 other worker or replica, and with every htpasswd change), and only until its deadline: the token
 reuse window (less the token's age), for slow-hash and LDAP sign-ins the verified-credential
-cache's TTL as well, and never past the next local midnight, when `expires` dates act. No
+cache's TTL as well, for a CI job's ID token its expiry, and never past the next local
+midnight, when `expires` dates act. No
 password is kept: keys are MACs under a random per-process key.
 """
 
@@ -42,6 +43,8 @@ V = TypeVar("V")
 REUSE_ALWAYS = frozenset({"anonymous", "robot", "access_token"})
 # Slow hashes and LDAP binds: only as long as the verified-credential cache would vouch.
 REUSE_WITH_AUTH_CACHE = frozenset({"password", "htpasswd", "ldap"})
+# A credential with an end of its own (a CI job's ID token): never past it.
+REUSE_UNTIL_VOUCHED = frozenset({"oidc"})
 
 
 class Clock:
@@ -108,6 +111,10 @@ class Reuse:
             lifetime = min(lifetime, self.auth_cache_ttl)
             if vouched_until is None:
                 return now  # nothing vouches for it (the cache is off): not kept
+            lifetime = min(lifetime, vouched_until - now)
+        elif method in REUSE_UNTIL_VOUCHED:
+            if vouched_until is None:
+                return now
             lifetime = min(lifetime, vouched_until - now)
         elif method not in REUSE_ALWAYS:
             return now

@@ -230,6 +230,8 @@ class TokenService:
         subject = identity.subject
         record["subject"] = str(subject)
         record["auth"] = identity.method
+        if identity.details:  # an OIDC token's issuer, subject and workload; never the token
+            record.update(identity.details)
         if identity.via and identity.via.startswith("token:"):
             record["token_name"] = identity.via.removeprefix("token:")
         requested = tuple(record["requested"])
@@ -268,11 +270,13 @@ class TokenService:
             record["username"] = exc.username[:200]
         if exc.locked:
             record["lockout_started"] = exc.locked
+        if exc.details:
+            record.update(exc.details)
         return refused(
             401,
             "denied",
             "UNAUTHORIZED",
-            "authentication required: wrong user name or password",
+            exc.public or "authentication required: wrong user name or password",
             record,
             headers=self.challenge,
         )
