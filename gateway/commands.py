@@ -26,6 +26,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(flags, config_file=getattr(args, "config", None))
 
 
+WORKER_START_TIMEOUT = 120  # seconds; see cmd_serve
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import build_services, create_app
     from gateway.auth.keys import KeyStoreError
@@ -109,6 +112,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "gateway.app:create_app",
         factory=True,
         workers=settings.workers,
+        # uvicorn's supervisor kills a worker that has not started within this, or does not
+        # answer its ping (a thread that needs the GIL): its default of 5 s killed workers in a
+        # loop while they loaded a large policy, or any policy on a busy host.
+        timeout_worker_healthcheck=WORKER_START_TIMEOUT,
         **options,  # type: ignore[arg-type]
     )
     serve_workers(config)

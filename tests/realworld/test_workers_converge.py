@@ -3,6 +3,8 @@ reaches every worker within a poll, and /healthz says which revision each one se
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -59,3 +61,31 @@ def test_a_rejected_commit_is_tried_once_until_the_branch_moves(
         assert health["status"] == "degraded" and health["newest"] != health["revision"]
     finally:
         gateway.stop()
+
+
+def test_a_worker_that_stalls_for_seconds_is_not_killed(tmp_path: Path) -> None:
+    """A worker busy for a while (loading a large policy, a host under load: here, stopped
+    for 7 s) is not killed and restarted by the supervisor, whose own default gives up on a
+    worker after 5 s without an answer (and then kills its replacements in a loop)."""
+    gateway = start_gateway(tmp_path / "gw", args=["--workers", "2"])
+    try:
+        assert gateway.process is not None
+        workers = worker_pids(gateway.process.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGSTOP)
+        time.sleep(7)
+        os.kill(workers[0], signal.SIGCONT)
+        time.sleep(1)
+        assert worker_pids(gateway.process.pid) == workers
+        assert "died" not in gateway.logs()
+        assert httpx.get(f"{gateway.url}/healthz", timeout=30).status_code == 200
+    finally:
+        gateway.stop()
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The worker processes under uvicorn's supervisor (not multiprocessing's tracker)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return sorted(
+        int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    )
