@@ -208,6 +208,17 @@ def test_a_push_is_one_image_pushed_event_with_its_digest(
     assert len(senders) == 1, logs
 
 
+def test_a_delete_is_an_image_deleted_event(cluster: Cluster, oci_image: OciImage) -> None:
+    target = f"docker://{cluster.registry.host}/bob/deleted:v1"
+    skopeo = cluster.skopeo("delete")
+    ok(skopeo.copy(oci_image.ref("v1"), target, dest_creds=creds("bob")))
+    ok(skopeo.delete(target, creds=creds("bob")))  # by digest, as Distribution 2.8 deletes
+    [event] = wait_for(cluster.everything, "image.deleted", repository="bob/deleted")
+    assert event["data"]["digest"] == oci_image.v1_digest
+    assert event["data"]["actor"] == {"kind": "user", "name": "bob"}
+    assert event["subject"] == f"bob/deleted@{oci_image.v1_digest}"
+
+
 def test_a_receiver_failing_three_times_gets_the_push_once_after_retries(
     cluster: Cluster, oci_image: OciImage
 ) -> None:
