@@ -13,7 +13,7 @@ from starlette.types import Scope
 from gateway.services import Services
 from ui.site import Site
 from ui.templating import STATIC, HashedStaticFiles
-from ui.views import auth, catalog, fallback, policy, search
+from ui.views import auth, catalog, fallback, oidc, policy, search
 
 EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -63,6 +63,14 @@ def ui_routes(services: Services) -> list[BaseRoute]:
         ),
         Page("/-/login", page(auth.login), methods=["GET", "POST"], name="ui_login"),
         Page("/-/logout", page(auth.logout), methods=["POST"], name="ui_logout"),
+        Page("/-/oidc/login", page(oidc.start), name="ui_oidc_login"),
+        Page(services.settings.oidc_redirect_path, page(oidc.callback), name="ui_oidc_callback"),
+        Page(
+            "/-/cli-secrets",
+            page(oidc.cli_secrets, signed_in=True),
+            methods=["GET", "POST"],
+            name="ui_cli_secrets",
+        ),
         Mount("/-/static", app=HashedStaticFiles(directory=STATIC), name="ui_static"),
         Route("/favicon.ico", fallback.favicon, name="ui_favicon"),
         Route("/{path:path}", fallback.not_found(site), methods=EVERY_METHOD, name="ui_not_found"),

@@ -11,6 +11,7 @@ have expired (in Redis, for every replica, when `redis_url` is set; else in this
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import hashlib
@@ -23,6 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import serialization
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from redis.exceptions import RedisError
@@ -59,6 +61,11 @@ class Session:
     sid: str | None = None  # a signed-in session's random id: what signing out revokes
     issued: float | None = field(default=None, compare=False)  # when the cookie was signed
     fresh: bool = field(default=False, compare=False)  # made for this request: set the cookie
+    # An OIDC sign-in: it ends when the ID token does (epoch seconds); the provider's refresh
+    # token, encrypted (for the CLI secrets made in this session); a member of the admin group.
+    expires: float | None = field(default=None, compare=False)
+    refresh: str | None = field(default=None, compare=False)
+    oidc_admin: bool = field(default=False, compare=False)
 
     @property
     def signed_in(self) -> bool:
@@ -66,16 +73,34 @@ class Session:
 
     def remaining(self, now: float | None = None) -> float:
         """Seconds until the cookie expires by itself (LIFETIME for one not yet sent)."""
-        if self.issued is None:
-            return float(LIFETIME)
-        return max(0.0, self.issued + LIFETIME - (time.time() if now is None else now))
+        now = time.time() if now is None else now
+        left = float(LIFETIME) if self.issued is None else self.issued + LIFETIME - now
+        if self.expires is not None:
+            left = min(left, self.expires - now)
+        return max(0.0, left)
 
 
 def new_session(
-    subject: Subject = ANONYMOUS_SUBJECT, credential: str | None = None, via: str | None = None
+    subject: Subject = ANONYMOUS_SUBJECT,
+    credential: str | None = None,
+    via: str | None = None,
+    *,
+    expires: float | None = None,
+    refresh: str | None = None,
+    oidc_admin: bool = False,
 ) -> Session:
     sid = secrets.token_urlsafe(18) if subject.kind != "anonymous" else None
-    return Session(secrets.token_urlsafe(24), subject, credential, via, sid, fresh=True)
+    return Session(
+        secrets.token_urlsafe(24),
+        subject,
+        credential,
+        via,
+        sid,
+        fresh=True,
+        expires=expires,
+        refresh=refresh,
+        oidc_admin=oidc_admin,
+    )
 
 
 def is_directory(subject: Subject) -> bool:
@@ -83,8 +108,12 @@ def is_directory(subject: Subject) -> bool:
     return bool(getattr(subject, "directory", False))
 
 
-def _with(subject: Subject, groups: frozenset[str], directory: bool) -> Subject:
-    return dataclasses.replace(subject, groups=groups, directory=directory or subject.directory)
+def _with(
+    subject: Subject, groups: frozenset[str], directory: bool, oidc: frozenset[str] = frozenset()
+) -> Subject:
+    return dataclasses.replace(
+        subject, groups=groups, directory=directory or subject.directory, oidc_groups=oidc
+    )
 
 
 def derive_secret(keys: KeyStore) -> bytes:
@@ -106,6 +135,21 @@ class SessionCodec:
         # directory (or session_secret) refuse this one's cookies.
         self._serializer = URLSafeTimedSerializer(secret, salt=f"ui-session\0{service}")
         self.secure = secure
+        key = hmac.new(secret, b"ui-session sealed\0" + service.encode(), hashlib.sha256)
+        self._box = Fernet(base64.urlsafe_b64encode(key.digest()))
+
+    def seal(self, text: str) -> str:
+        """`text` encrypted for this service's cookies (a provider's refresh token)."""
+        return self._box.encrypt(text.encode()).decode()
+
+    def unseal(self, sealed: str | None, ttl: int | None = None) -> str | None:
+        """What `seal` encrypted (no older than `ttl` seconds), or None."""
+        if not sealed:
+            return None
+        try:
+            return self._box.decrypt(sealed.encode(), ttl=ttl).decode()
+        except InvalidToken:
+            return None
 
     def dumps(self, session: Session) -> str:
         data: dict[str, object] = {"c": session.csrf}
@@ -118,6 +162,13 @@ class SessionCodec:
                 d=is_directory(session.subject),
                 i=session.sid,
             )
+            if session.via == "oidc":
+                data.update(
+                    o=sorted(session.subject.oidc_groups),
+                    e=session.expires,
+                    r=session.refresh,
+                    a=session.oidc_admin,
+                )
         return self._serializer.dumps(data)
 
     def loads(self, cookie: str | None) -> Session | None:
@@ -144,8 +195,23 @@ class SessionCodec:
         groups = frozenset(str(g) for g in data.get("g") or ())
         credential = data.get("f") if isinstance(data.get("f"), str) else None
         via = data.get("v") if isinstance(data.get("v"), str) else None
-        subject = _with(subject, groups, bool(data.get("d")))
-        return Session(data["c"], subject, credential, via, sid, issued)
+        expires = data.get("e") if isinstance(data.get("e"), (int, float)) else None
+        if via == "oidc" and (expires is None or expires <= time.time()):
+            return None  # an OIDC sign-in ends when the provider's ID token does
+        oidc = frozenset(str(g) for g in data.get("o") or ())
+        subject = _with(subject, groups, bool(data.get("d")), oidc)
+        refresh = data.get("r") if isinstance(data.get("r"), str) else None
+        return Session(
+            data["c"],
+            subject,
+            credential,
+            via,
+            sid,
+            issued,
+            expires=expires,
+            refresh=refresh,
+            oidc_admin=bool(data.get("a")),
+        )
 
     def set_cookie(self, response: Response, session: Session) -> None:
         """Put the session on the answer as its cookie."""
@@ -175,7 +241,7 @@ def still_valid(
     policy = engine.policy
     if subject.kind == "user":
         user = policy.users.get(subject.name)
-        if is_directory(subject) or via in ("htpasswd", "ldap"):
+        if is_directory(subject) or via in ("htpasswd", "ldap", "oidc"):
             return subject.name not in policy.robots and engine.known(subject)
         if user is None:
             return False

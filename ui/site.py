@@ -77,7 +77,8 @@ class Viewer:
         """An admin of the policy, unless a token caps them below every repository action
         (as the token endpoint grants `*` only to a token that allows them all)."""
         capped = self.actions is not None and not self.actions.issuperset(REPOSITORY_ACTIONS)
-        return not capped and self.engine.is_admin(self.subject)
+        oidc_admin = self.session is not None and self.session.oidc_admin  # oidc_admin_group
+        return not capped and (self.engine.is_admin(self.subject) or oidc_admin)
 
     def rights(self, repository: str) -> dict[str, bool]:
         found = self.engine.repository_rights(self.subject, repository)
@@ -90,6 +91,7 @@ class Viewer:
             "name": self.subject.name or None,
             "signed_in": self.signed_in,
             "admin": self.admin,
+            "oidc": self.session is not None and self.session.via == "oidc",
         }
 
 

@@ -13,6 +13,8 @@ asked (docs/authentication.md has the reasons):
 A password shaped like a JWT is first an OIDC ID token of a CI job (gateway/auth/workloads.py):
 it signs in as the one policy workload it matches, whatever the user name. Such a token is
 verified by its signature, not guessed: its refusals are not counted, and they say why.
+A password with the `rgw_cli_` prefix is a CLI secret made in the UI after an OIDC sign-in
+(gateway/auth/clisecrets.py): its owner, with the groups the provider gives them now.
 
 Slow hashes and LDAP binds run in worker threads, never on the event loop, and once one
 succeeds the same credentials are accepted from `VerificationCache` for a while. Every failure
@@ -47,15 +49,20 @@ from anyio import CapacityLimiter
 from argon2 import PasswordHasher
 from argon2.exceptions import Argon2Error
 
+from gateway.auth.clisecrets import PREFIX as CLI_PREFIX
+from gateway.auth.clisecrets import RECHECK_SECONDS, CliSecretError, CliSecrets, cli_secrets_for
+from gateway.auth.clisecrets import opened as cli_refresh_token
 from gateway.auth.credentials import is_access_token, sha256_hex
 from gateway.auth.floor import FailureFloor, hash_kind
 from gateway.auth.htpasswd import HtpasswdFile
 from gateway.auth.ldap import LdapConfig, LdapDirectory, LdapRejected, LdapUnavailable, LdapUser
 from gateway.auth.lockout import Limits, LockStore, MemoryLockStore, Outcome, Refusal, keys_for
 from gateway.auth.oidc import OidcRefused, looks_like_jwt
+from gateway.auth.people import People
 from gateway.auth.tokens import RefreshClaims
 from gateway.auth.verifycache import VerificationCache
 from gateway.auth.workloads import Workloads
+from gateway.boundedcache import BoundedCache
 from gateway.config import ConfigError, Settings
 from gateway.policy.engine import Engine
 from gateway.policy.model import ANONYMOUS_SUBJECT, REPOSITORY_ACTIONS, Subject
@@ -84,7 +91,7 @@ class Identity:
 
     subject: Subject
     method: str  # anonymous | password | htpasswd | ldap | robot | access_token | refresh_token
-    # | oidc (a CI job's ID token)
+    # | oidc (a CI job's ID token) | cli_secret (a person's, after an OIDC sign-in)
     fingerprint: str | None = None  # ties refresh tokens to the credential they came from
     actions: frozenset[str] | None = None  # a personal access token's cap (None: no cap)
     via: str | None = None  # for refresh tokens: "htpasswd", "ldap", "token:NAME" or None
@@ -254,10 +261,16 @@ class Authenticator:
         floor: FailureFloor | None = None,
         repeat_window: float = 300.0,
         workloads: Workloads | None = None,
+        people: People | None = None,
+        cli_secrets: CliSecrets | None = None,
     ) -> None:
         self.htpasswd = htpasswd
         self.ldap = ldap
         self.workloads = workloads
+        self.people = people
+        self.cli_secrets = cli_secrets
+        # CLI secrets the provider vouched for lately: id -> (monotonic time, groups).
+        self._rechecked: BoundedCache[str, tuple[float, frozenset[str]]] = BoundedCache(10000)
         self.cache = cache if cache is not None else VerificationCache(300)
         self.throttle: LockStore = throttle if throttle is not None else MemoryLockStore(Limits())
         self.floor = floor if floor is not None else FailureFloor()
@@ -286,6 +299,13 @@ class Authenticator:
             workloads = Workloads.for_issuers(trusted_issuers(settings.oidc_ci_issuers))
         except ValueError as exc:
             raise ConfigError(f"setting oidc_ci_issuers: {exc}") from None
+        people = People.from_settings(settings)
+        cli_secrets = None
+        if people is not None:
+            redis_url = settings.redis_url.reveal() if settings.redis_url else None
+            cli_secrets = cli_secrets_for(
+                settings.data_dir, redis_url, settings.service, settings.oidc_cli_secret_max_ttl
+            )
         return cls(
             htpasswd=HtpasswdFile(settings.htpasswd) if settings.htpasswd else None,
             ldap=LdapDirectory(ldap_config) if ldap_config else None,
@@ -294,6 +314,8 @@ class Authenticator:
             floor=FailureFloor(settings.signin_failure_floor),
             repeat_window=settings.lockout_window,
             workloads=workloads,
+            people=people,
+            cli_secrets=cli_secrets,
         )
 
     @property
@@ -320,6 +342,8 @@ class Authenticator:
         """
         if self.workloads is not None and looks_like_jwt(password):
             return await self._workload(engine, password)
+        if self.cli_secrets is not None and password.startswith(CLI_PREFIX):
+            return await self._cli_secret(engine, password)
         started = self.floor.clock()
         try:
             return await self._sign_in(engine, username, password, client)
@@ -358,6 +382,54 @@ class Authenticator:
             via="oidc",
             vouched_until=time.monotonic() + left,
             details=details,
+        )
+
+    async def _cli_secret(self, engine: Engine, secret: str) -> Identity:
+        """A person's CLI secret: its owner, with the groups the provider gives them now
+        (asked at most every RECHECK_SECONDS when the secret keeps a refresh token)."""
+        assert self.cli_secrets is not None
+        try:
+            record = await self.cli_secrets.check(secret)
+        except CliSecretError as exc:
+            raise AuthenticationFailed(
+                f"CLI secret: {exc}", counts=False, public=f"CLI secret refused: {exc}"
+            ) from None
+        now = time.monotonic()
+        groups, checked = frozenset(record.groups), None
+        refresh = cli_refresh_token(record, secret)
+        if refresh is not None and self.people is not None:
+            cached = self._rechecked.get(record.id)
+            if cached is not None and now - cached[0] < RECHECK_SECONDS:
+                checked, groups = cached
+            else:
+                try:
+                    person = await self.people.refresh(refresh)
+                except OidcRefused as exc:
+                    raise AuthenticationFailed(
+                        f"CLI secret {record.id}: {exc.message}",
+                        record.user,
+                        counts=False,
+                        public="CLI secret refused: the identity provider no longer signs you "
+                        "in; sign in to the UI again and make a new one",
+                    ) from None
+                if person.name != record.user:
+                    raise AuthenticationFailed(
+                        f"CLI secret {record.id}: the provider names another user", record.user
+                    )
+                checked, groups = now, person.groups
+                self._rechecked.put(record.id, (now, groups))
+        if record.user in engine.policy.robots:
+            raise AuthenticationFailed("CLI secret of a robot's name", record.user)
+        directory = record.user not in engine.policy.users
+        subject = Subject("user", record.user, directory=directory, oidc_groups=groups)
+        until = (checked + RECHECK_SECONDS) if checked is not None else None
+        left = record.expires - time.time()
+        return Identity(
+            subject,
+            "cli_secret",
+            via="oidc",
+            vouched_until=min(until, now + left) if until is not None else now + left,
+            details=(("cli_secret", record.id),),
         )
 
     def _notice(self, engine: Engine) -> None:

@@ -43,8 +43,9 @@ V = TypeVar("V")
 REUSE_ALWAYS = frozenset({"anonymous", "robot", "access_token"})
 # Slow hashes and LDAP binds: only as long as the verified-credential cache would vouch.
 REUSE_WITH_AUTH_CACHE = frozenset({"password", "htpasswd", "ldap"})
-# A credential with an end of its own (a CI job's ID token): never past it.
-REUSE_UNTIL_VOUCHED = frozenset({"oidc"})
+# A credential with an end of its own (a CI job's ID token; a CLI secret, until the
+# provider is asked again): never past it.
+REUSE_UNTIL_VOUCHED = frozenset({"oidc", "cli_secret"})
 
 
 class Clock:

@@ -13,12 +13,26 @@ from gateway.policy.tests import parse_case_scope
 
 def memberships(engine: Engine, subject: Subject, reason: Reason) -> list[dict[str, Any]]:
     """How `subject` is among the principal a reason's rule names: each listed membership of a
-    team, each LDAP group mapped to it, or being signed in (for `authenticated`); empty when
-    the rule names the subject itself, or nobody."""
+    team, each LDAP or OIDC group mapped to it, or being signed in (for `authenticated`);
+    for a workload, the claims that bind it; empty when the rule names nobody."""
     via = reason.via
     if via is None or not engine.known(subject):
         return []
     who = subject.name
+    workload = engine.policy.workloads.get(who) if subject.kind == "workload" else None
+    if workload is not None and via == subject.principal:
+        claims = ", ".join(f"{c.claim}={'|'.join(c.values)}" for c in workload.claims)
+        where = workload.location.short if workload.location.line else None
+        return [
+            {
+                "principal": str(via),
+                "through": "oidc_claims",
+                "role": None,
+                "group": None,
+                "location": where,
+                "text": f"a job of issuer {workload.issuer} with {claims} is {via}",
+            }
+        ]
     if via == AUTHENTICATED:
         return [
             {
@@ -58,6 +72,18 @@ def memberships(engine: Engine, subject: Subject, reason: Reason) -> list[dict[s
                     "group": group,
                     "location": where,
                     "text": f"{who} is in {via} through LDAP group {group}",
+                }
+            )
+    for group, role in team.oidc_groups:
+        if group in subject.oidc_groups:
+            found.append(
+                {
+                    "principal": str(via),
+                    "through": "oidc_group",
+                    "role": role.value,
+                    "group": group,
+                    "location": where,
+                    "text": f"{who} is in {via} through OIDC group {group}",
                 }
             )
     return found

@@ -219,7 +219,7 @@ def gitlab_claims(
 
 # -- the people's provider: oidc-provider under Node --------------------------------------
 
-PROVIDER_PACKAGE = ("oidc-provider", "9.5.2")
+PROVIDER_PACKAGE = ("oidc-provider", "9.13.3")
 PROVIDER_SCRIPT = Path(__file__).with_name("oidc_provider.mjs")
 
 
@@ -278,6 +278,7 @@ def start_provider(
         "client_secret": client_secret,
         "redirect_uri": redirect_uri,
         "users_file": str(users_file),
+        "package": str(package),
     }
     log_path = root / "provider.log"
     env = {**os.environ, "NODE_PATH": str(package.parent), "OIDC_TEST_CONFIG": json.dumps(config)}

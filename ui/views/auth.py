@@ -93,7 +93,14 @@ def _form(
     error: str | None = None,
     status: int = 200,
 ) -> Response:
-    data = {"next": next_path, "username": username, "error": error}
+    data: dict[str, object] = {"next": next_path, "username": username, "error": error}
+    data["oidc"] = None
+    settings = site.settings
+    if site.services.authenticator.people is not None:  # the provider's button (docs/oidc.md)
+        data["oidc"] = {
+            "provider": settings.oidc_provider_name,
+            "hide_password_form": settings.oidc_hide_password_form,
+        }
     return site.render(request, viewer, "login.html", data, status=status, sign_in_next=False)
 
 
