@@ -27,8 +27,14 @@ def _policies_arg(parser: argparse.ArgumentParser) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.policy.check import check_directory
+    from gateway.policy.workloads import trusted_issuers
 
-    report = check_directory(Path(args.directory or args.policies))
+    try:  # workloads must name an issuer the gateway trusts (docs/oidc.md)
+        issuers = trusted_issuers(os.environ.get("REGISTRY_GATEWAY_OIDC_CI_ISSUERS", ""))
+    except ValueError as exc:
+        print(f"registry-gateway check: REGISTRY_GATEWAY_OIDC_CI_ISSUERS: {exc}", file=sys.stderr)
+        return 2
+    report = check_directory(Path(args.directory or args.policies), issuers=issuers)
     out = sys.stdout
     for problem in report.problems:
         print(problem, file=out)
@@ -119,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="example: registry-gateway explain user:carol repository:platform/api:pull,push",
     )
-    explain.add_argument("subject", metavar="SUBJECT", help="user:NAME, robot:NAME or anonymous")
+    explain.add_argument(
+        "subject", metavar="SUBJECT", help="user:NAME, robot:NAME, workload:NAME or anonymous"
+    )
     explain.add_argument("scope", nargs="+", metavar="SCOPE", help="type:name:actions")
     explain.add_argument("--format", choices=("text", "json"), default="text")
     _policies_arg(explain)

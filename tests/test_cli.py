@@ -33,4 +33,4 @@ def test_explain_json_is_for_tools(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_explain_rejects_a_bad_subject(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", "bob", "repository:x/y:pull"]) == 2
-    assert "expected user:NAME, robot:NAME or anonymous" in capsys.readouterr().err
+    assert "expected user:NAME, robot:NAME, workload:NAME or anonymous" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from gateway.policy.engine import Engine
 from gateway.policy.load import PolicyError, Problem, load_texts, policy_files
 from gateway.policy.source import policy_revision
 from gateway.policy.tests import case_files, read_cases, run_cases
+from gateway.policy.workloads import check_issuers
 
 
 @dataclass
@@ -48,9 +50,12 @@ def _n(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def check_directory(directory: Path, *, revision: str | None = None) -> Report:
+def check_directory(
+    directory: Path, *, revision: str | None = None, issuers: Mapping[str, str] | None = None
+) -> Report:
     """Load, validate and test a policy; the report lists everything found. The revision is
-    the one a gateway serving this directory reports (`source.policy_revision`)."""
+    the one a gateway serving this directory reports (`source.policy_revision`). With
+    `issuers` (the gateway's trusted CI issuers), a workload naming another is an error."""
     report = Report()
     engine = None
     tests = case_files(directory)
@@ -59,6 +64,14 @@ def check_directory(directory: Path, *, revision: str | None = None) -> Report:
         found = revision or policy_revision(directory, {**texts, **tests})
         result = load_texts(texts, revision=found)
         report.problems.extend(result.warnings)
+        if issuers is not None:
+            check_issuers(
+                result.policy,
+                issuers,
+                lambda at, severity, message: report.problems.append(
+                    Problem(at, severity, message)
+                ),
+            )
         engine = Engine(result.policy)
         report.revision = result.policy.revision
     except PolicyError as exc:

@@ -33,6 +33,7 @@ from gateway.policy.model import (
     Role,
     Subject,
     Visibility,
+    Workload,
     stronger,
 )
 from gateway.policy.probes import (
@@ -282,9 +283,9 @@ class _Differ:
         if signed_in:
             out.append(SubjectChange("authenticated", "changed", self.group(signed_in)))
         old, new = self.policies
-        for kind in ("user", "robot"):
-            before = old.users if kind == "user" else old.robots
-            after = new.users if kind == "user" else new.robots
+        for kind in ("user", "robot", "workload"):
+            before: Mapping[str, object] = getattr(old, f"{kind}s")
+            after: Mapping[str, object] = getattr(new, f"{kind}s")
             for name in sorted(set(before) | set(after)):
                 change = self.subject_change(Subject(kind, name), name in before, name in after)
                 if change is not None:
@@ -513,6 +514,12 @@ def _attention(old: Policy, new: Policy, anonymous: Iterable[Change]) -> list[No
     for kind, before, after in (("user", old.users, new.users), ("robot", old.robots, new.robots)):
         for name in sorted(before.keys() ^ after.keys()):
             out.append(Notice(kind, f"{kind}:{name}", "added" if name in after else "removed"))
+    for name in sorted(old.workloads.keys() | new.workloads.keys()):
+        # Which CI jobs a workload is: a new binding can let other jobs in as much as a grant.
+        bound = [_binding(p.workloads.get(name)) for p in (old, new)]
+        if bound[0] != bound[1]:
+            change = "changed" if all(bound) else "added" if bound[1] else "removed"
+            out.append(Notice("workload", f"workload:{name}", change, bound[0], bound[1]))
     visibility = [old.settings.global_namespace, new.settings.global_namespace]
     if visibility[0] != visibility[1]:
         out.append(Notice("visibility", "*", "changed", visibility[0].value, visibility[1].value))
@@ -532,6 +539,16 @@ def _attention(old: Policy, new: Policy, anonymous: Iterable[Change]) -> list[No
                 )
     out.extend(_restriction_notices(old, new))
     return out
+
+
+def _binding(workload: Workload | None) -> str | None:
+    """Which jobs a workload takes in, as one line: issuer, audience, claims, only."""
+    if workload is None:
+        return None
+    claims = ", ".join(f"{c.claim}={'|'.join(c.values)}" for c in workload.claims)
+    only = f"; only {', '.join(workload.only)}" if workload.only is not None else ""
+    expires = f"; expires {workload.expires}" if workload.expires else ""
+    return f"{workload.issuer} aud={workload.audience}: {claims}{only}{expires}"
 
 
 def _restriction_notices(old: Policy, new: Policy) -> list[Notice]:

@@ -65,6 +65,14 @@ def notice_text(notice: Notice, code: Callable[[str], str] = str) -> str:
         if n.change == "removed":
             return f"restriction on {name} is removed (it reserved {n.before})"
         return f"restriction on {name} changes: {n.before} → {n.after}"
+    if n.kind == "workload":
+        if n.change == "added":
+            return f"new workload {name}: CI jobs of {code(n.after or '')} sign in as it"
+        if n.change == "removed":
+            return f"workload {name} is removed: its CI jobs ({code(n.before or '')}) are refused"
+        return (
+            f"workload {name} takes other CI jobs: {code(n.before or '')} → {code(n.after or '')}"
+        )
     return f"{n.kind} {name} {n.change}"  # pragma: no cover
 
 
