@@ -121,11 +121,12 @@ class Engine:
                 groups = group((grant.repositories, grant) for grant in run)
             self._grant_parts[key] = (run, groups)
         self._grants: PatternIndex[Grant, _Granted] = PatternIndex(
-            (groups for _, groups in self._grant_parts.values()), _granted_value
+            (groups for _, groups in self._grant_parts.values()), _granted_value, _merge_granted
         )
         self._restrictions: PatternIndex[tuple[int, Restriction], _Restricted] = PatternIndex.of(
             ((r.repositories, (i, r)) for i, r in enumerate(policy.restrictions)),
             _restricted_value,
+            _merge_restricted,
         )
         old = previous._team_parts if previous is not None else {}
         self._team_parts: dict[tuple[str, int], tuple[tuple[Team, ...], _Memberships]] = {}
@@ -433,15 +434,8 @@ class Engine:
                         allowed |= role.actions
         if len(allowed) < len(_EVERY_ACTION):
             for granted in self._grants.matching(repository):
-                if len(granted) <= len(keys):
-                    for key, entry in granted.items():
-                        if key in keys:
-                            allowed |= entry[0]
-                else:
-                    for key in keys:
-                        found = granted.get(key)
-                        if found is not None:
-                            allowed |= found[0]
+                for key in granted.keys() & keys:  # in C, over the smaller of the two
+                    allowed |= granted[key][0]
         for restricted in self._restrictions.matching(repository):
             for _, only, restriction in restricted:
                 if keys.isdisjoint(only):
@@ -507,6 +501,23 @@ def _granted_value(grants: list[Grant]) -> _Granted:
             actions.setdefault(key, set()).update(grant.actions)
             found.setdefault(key, {})[id(grant)] = grant
     return {key: (frozenset(actions[key]), tuple(found[key].values())) for key in actions}
+
+
+def _merge_granted(values: list[_Granted]) -> _Granted:
+    """The grants of several patterns as if under one (each grant once)."""
+    actions: dict[str, set[str]] = {}
+    found: dict[str, dict[int, Grant]] = {}
+    for value in values:
+        for key, (granted, grants) in value.items():
+            actions.setdefault(key, set()).update(granted)
+            found.setdefault(key, {}).update((id(g), g) for g in grants)
+    return {key: (frozenset(actions[key]), tuple(found[key].values())) for key in actions}
+
+
+def _merge_restricted(values: list[_Restricted]) -> _Restricted:
+    """The restrictions of several patterns as if under one (each restriction once)."""
+    unique = {entry[0]: entry for value in values for entry in value}
+    return tuple(unique[place] for place in sorted(unique))
 
 
 def _written_order(item: tuple[tuple[int, str], Grant]) -> tuple[str, int, int, str]:

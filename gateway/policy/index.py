@@ -63,6 +63,12 @@ class _Globs:
         self.prefix_stems = frozenset(p[:k] for p in self.prefixes for k in range(1, len(p) + 1))
         self.suffix_stems = frozenset(s[-k:] for s in self.suffixes for k in range(1, len(s) + 1))
 
+    def matches_any(self, component: str) -> bool:
+        """Whether any child's component matches `component`."""
+        found: list[_Node] = []
+        self.children(component, found)
+        return bool(found)
+
     def children(self, component: str, out: list[_Node]) -> None:
         """Append the closures of the children whose component matches `component`."""
         stems, prefixes = self.prefix_stems, self.prefixes
@@ -145,33 +151,90 @@ class _Node:
                 stack.extend(node.globs.nodes.values())
 
 
-def _walk(states: Sequence[_Node], parts: list[str], start: int, out: list[object]) -> None:
-    """Append the values of the patterns that match `parts[start:]` from `states`."""
-    for i in range(start, len(parts)):
-        component = parts[i]
-        following: list[_Node] = []
-        for node in states:
-            if node.loop:
-                following.append(node)
-            literal = node.literal
-            if literal is not None:
-                child = literal.get(component)
-                if child is not None:
-                    following.extend(child.closure)
-            if node.star is not None:
-                following.extend(node.star.closure)
-            if node.globs is not None:
-                node.globs.children(component, following)
-        if not following:
-            return
-        states = list(dict.fromkeys(following)) if len(following) > 1 else following
-    for node in states:
-        if node.value is not None:
-            out.append(node.value)
+def _step(nodes: Iterable[_Node], component: str) -> frozenset[_Node]:
+    """The nodes a name may be in after one more component (the automaton's transition)."""
+    following: list[_Node] = []
+    for node in nodes:
+        if node.loop:
+            following.append(node)
+        literal = node.literal
+        if literal is not None:
+            child = literal.get(component)
+            if child is not None:
+                following.extend(child.closure)
+        if node.star is not None:
+            following.extend(node.star.closure)
+        if node.globs is not None:
+            node.globs.children(component, following)
+    return frozenset(following)
+
+
+class _State:
+    """A set of trie nodes a name may be in, with its transitions as names meet them: one
+    lookup per component once met. `value` merges the values of the patterns ending here."""
+
+    __slots__ = ("default", "globs", "literals", "next", "nodes", "value")
+
+    def __init__(self, nodes: frozenset[_Node], value: object | None) -> None:
+        self.nodes = nodes
+        self.value = value
+        self.next: dict[str, _State] = {}  # by component, as met (at most TRANSITIONS)
+        self.default: _State | None = None  # after a component no literal or glob names
+        self.literals = frozenset(k for n in nodes if n.literal is not None for k in n.literal)
+        self.globs = tuple(n.globs for n in nodes if n.globs is not None)
+
+
+class _Automaton:
+    """The states of one group's trie, made as names need them (a lazily built DFA), at most
+    `STATES` of them: beyond, it starts afresh, so no stream of names can grow it unbounded."""
+
+    __slots__ = ("merge", "root", "start", "states")
+
+    def __init__(self, root: _Node, merge: Callable[[list[object]], object]) -> None:
+        self.root = root
+        self.merge = merge
+        self.states: dict[frozenset[_Node], _State] = {}
+        self.start = self.state(frozenset(root.closure))
+
+    def state(self, nodes: frozenset[_Node]) -> _State:
+        found = self.states.get(nodes)
+        if found is None:
+            if len(self.states) >= STATES:
+                self.states = {}
+                self.start = _State(frozenset(self.root.closure), self.start.value)
+            values = [node.value for node in nodes if node.value is not None]
+            value = None if not values else values[0] if len(values) == 1 else self.merge(values)
+            found = self.states[nodes] = _State(nodes, value)
+        return found
+
+    def run(self, parts: list[str], start: int) -> object | None:
+        """The merged value of every pattern matching `parts[start:]`, or None."""
+        state = self.start
+        for i in range(start, len(parts)):
+            component = parts[i]
+            following = state.next.get(component)
+            if following is None:
+                if component in state.literals or any(
+                    globs.matches_any(component) for globs in state.globs
+                ):
+                    following = self.state(_step(state.nodes, component))
+                else:
+                    following = state.default
+                    if following is None:
+                        following = state.default = self.state(_step(state.nodes, component))
+                if len(state.next) >= TRANSITIONS:
+                    state.next.clear()
+                state.next[component] = following
+            if not following.nodes:
+                return None
+            state = following
+        return state.value
 
 
 FLOATING = "*"  # the group key of patterns whose first component is not literal
 ABSENT_MEMO_SIZE = 65_536
+STATES = 4096  # per group
+TRANSITIONS = 65_536  # per state: the namespaces of a large registry
 
 
 Groups = dict[str, list[tuple[str, T]]]
@@ -195,35 +258,46 @@ def group(rules: Iterable[tuple[Iterable[str], T]]) -> Groups[T]:
 
 
 class PatternIndex(Generic[T, V]):
-    """Items filed under repository patterns; `matching(name)` gives, for each pattern that
-    matches `name`, `value(items filed under it)`, each pattern once, in no particular order.
+    """Items filed under repository patterns. `matching(name)` gives the values of the
+    patterns that match `name`, where a pattern's value is `value(items filed under it)` and
+    the values of several patterns are combined by `merge(values)`: at most two values, one
+    for the patterns of the name's first component and one for the floating ones.
 
     Made of the `group`s of one or more parts of a policy. Immutable once built, apart from
     compiling each group into its trie on first use (idempotent: two threads compiling the
     same group build equal tries and one of them is kept)."""
 
-    def __init__(self, parts: Iterable[Groups[T]], value: Callable[[list[T]], V]) -> None:
+    def __init__(
+        self,
+        parts: Iterable[Groups[T]],
+        value: Callable[[list[T]], V],
+        merge: Callable[[list[V]], V],
+    ) -> None:
         self._parts = list(parts)
         self._value = value
-        self._compiled: dict[str, _Node] = {}
+        self._merge = merge
+        self._compiled: dict[str, _Automaton] = {}
         # First components no pattern starts with, as names met them (bounded: any name may
         # be asked for); saves looking through every part again.
         self._absent: dict[str, None] = {}
 
     @classmethod
     def of(
-        cls, rules: Iterable[tuple[Iterable[str], T]], value: Callable[[list[T]], V]
+        cls,
+        rules: Iterable[tuple[Iterable[str], T]],
+        value: Callable[[list[T]], V],
+        merge: Callable[[list[V]], V],
     ) -> PatternIndex[T, V]:
         """An index of `rules`: (patterns, item) pairs."""
-        return cls([group(rules)], value)
+        return cls([group(rules)], value, merge)
 
     def __len__(self) -> int:
         """How many (pattern, item) pairs are filed."""
         return sum(len(entries) for part in self._parts for entries in part.values())
 
-    def _root(self, key: str) -> _Node | None:
-        root = self._compiled.get(key)
-        if root is None:
+    def _automaton(self, key: str) -> _Automaton | None:
+        automaton = self._compiled.get(key)
+        if automaton is None:
             if key in self._absent:
                 return None
             found = [entries for part in self._parts if (entries := part.get(key))]
@@ -238,17 +312,21 @@ class PatternIndex(Generic[T, V]):
                 for text, item in entries:
                     root.insert(text.split("/")[skip:], item)
             root.seal(self._value)  # type: ignore[arg-type]
-            self._compiled[key] = root
-        return root
+            automaton = self._compiled[key] = _Automaton(root, self._merge)  # type: ignore[arg-type]
+        return automaton
 
     def matching(self, name: str) -> list[V]:
-        """The values of every pattern that matches the repository `name`."""
+        """The (merged) values of the patterns that match the repository `name`."""
         parts = name.split("/")
-        out: list[object] = []
-        root = self._root(parts[0])
-        if root is not None:
-            _walk(root.closure, parts, 1, out)
-        floating = self._root(FLOATING)
+        out: list[V] = []
+        anchored = self._automaton(parts[0])
+        if anchored is not None:
+            value = anchored.run(parts, 1)
+            if value is not None:
+                out.append(value)  # type: ignore[arg-type]
+        floating = self._automaton(FLOATING)
         if floating is not None:
-            _walk(floating.closure, parts, 0, out)
-        return out  # type: ignore[return-value]
+            value = floating.run(parts, 0)
+            if value is not None:
+                out.append(value)  # type: ignore[arg-type]
+        return out
