@@ -5,11 +5,14 @@ of text and `*` (`a*`, `*-b`, `a*b`, `*a*`)."""
 from __future__ import annotations
 
 import fnmatch
+import random
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gateway.policy.index as index_module
 from gateway.policy.index import PatternIndex, group
 from gateway.policy.patterns import PatternError, compile_pattern
 
@@ -95,3 +98,21 @@ def test_components_of_text_and_star_are_found_by_prefix_suffix_or_both() -> Non
     }
     for name, expected in cases.items():
         assert union(index.matching(name)) == expected, name
+
+
+def test_memory_stays_bounded_and_answers_right_whatever_names_are_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Names chosen to make new states and transitions (a stream of distinct components)
+    start the automata afresh at their bounds; the answers do not change."""
+    monkeypatch.setattr(index_module, "STATES", 6)
+    monkeypatch.setattr(index_module, "FLOATING_TRANSITIONS", 10)
+    texts = ["**/cache", "*/tools", "a*/**", "ns/**/x*", "ns/api-*", "ns/*"]
+    index = PatternIndex.of([((t,), t) for t in texts], frozenset, union)
+    rng = random.Random(5)
+    for i in range(500):
+        name = rng.choice(["ns", "a1", f"w{i}"]) + "/" + rng.choice(["cache", f"x{i}", f"api-{i}"])
+        assert union(index.matching(name)) == {t for t in texts if reference(t, name)}, name
+        for automaton in index._compiled.values():
+            assert len(automaton.states) <= 6
+            assert automaton.remembered <= automaton.budget

@@ -178,30 +178,44 @@ class _State:
     def __init__(self, nodes: frozenset[_Node], value: object | None) -> None:
         self.nodes = nodes
         self.value = value
-        self.next: dict[str, _State] = {}  # by component, as met (at most TRANSITIONS)
+        self.next: dict[str, _State] = {}  # by component, as met
         self.default: _State | None = None  # after a component no literal or glob names
         self.literals = frozenset(k for n in nodes if n.literal is not None for k in n.literal)
         self.globs = tuple(n.globs for n in nodes if n.globs is not None)
 
 
 class _Automaton:
-    """The states of one group's trie, made as names need them (a lazily built DFA), at most
-    `STATES` of them: beyond, it starts afresh, so no stream of names can grow it unbounded."""
+    """The states of one group's trie, made as names need them (a lazily built DFA).
 
-    __slots__ = ("merge", "root", "start", "states")
+    Memory is bounded whatever names are asked: at most `STATES` states and `budget`
+    remembered transitions, beyond which it starts afresh. The floating group, which every
+    name meets, remembers every component it met (a registry's namespaces); a group under a
+    first component remembers only components that are literal or match a glob there (others
+    share one transition), and at most twice its patterns plus 16 of them."""
 
-    def __init__(self, root: _Node, merge: Callable[[list[object]], object]) -> None:
+    __slots__ = ("budget", "every", "merge", "remembered", "root", "start", "states")
+
+    def __init__(
+        self, root: _Node, merge: Callable[[list[object]], object], budget: int, every: bool
+    ) -> None:
         self.root = root
         self.merge = merge
+        self.budget = budget
+        self.every = every  # remember every component's transition, not just special ones
         self.states: dict[frozenset[_Node], _State] = {}
+        self.remembered = 0
         self.start = self.state(frozenset(root.closure))
+
+    def reset(self) -> None:
+        self.states = {}
+        self.remembered = 0
+        self.start = self.state(frozenset(self.root.closure))
 
     def state(self, nodes: frozenset[_Node]) -> _State:
         found = self.states.get(nodes)
         if found is None:
             if len(self.states) >= STATES:
-                self.states = {}
-                self.start = _State(frozenset(self.root.closure), self.start.value)
+                self.reset()
             values = [node.value for node in nodes if node.value is not None]
             value = None if not values else values[0] if len(values) == 1 else self.merge(values)
             found = self.states[nodes] = _State(nodes, value)
@@ -214,17 +228,21 @@ class _Automaton:
             component = parts[i]
             following = state.next.get(component)
             if following is None:
-                if component in state.literals or any(
+                special = component in state.literals or any(
                     globs.matches_any(component) for globs in state.globs
-                ):
+                )
+                if special:
                     following = self.state(_step(state.nodes, component))
                 else:
                     following = state.default
                     if following is None:
                         following = state.default = self.state(_step(state.nodes, component))
-                if len(state.next) >= TRANSITIONS:
-                    state.next.clear()
-                state.next[component] = following
+                if special or self.every:
+                    if self.remembered >= self.budget:
+                        self.reset()
+                    else:
+                        state.next[component] = following
+                        self.remembered += 1
             if not following.nodes:
                 return None
             state = following
@@ -234,7 +252,7 @@ class _Automaton:
 FLOATING = "*"  # the group key of patterns whose first component is not literal
 ABSENT_MEMO_SIZE = 65_536
 STATES = 4096  # per group
-TRANSITIONS = 65_536  # per state: the namespaces of a large registry
+FLOATING_TRANSITIONS = 131_072  # the floating group: every namespace of a large registry
 
 
 Groups = dict[str, list[tuple[str, T]]]
@@ -308,11 +326,18 @@ class PatternIndex(Generic[T, V]):
                 return None
             root = _Node()
             skip = 0 if key == FLOATING else 1
+            patterns = 0
             for entries in found:
+                patterns += len(entries)
                 for text, item in entries:
                     root.insert(text.split("/")[skip:], item)
             root.seal(self._value)  # type: ignore[arg-type]
-            automaton = self._compiled[key] = _Automaton(root, self._merge)  # type: ignore[arg-type]
+            if key == FLOATING:
+                budget, every = FLOATING_TRANSITIONS, True
+            else:
+                budget, every = 2 * patterns + 16, False
+            automaton = _Automaton(root, self._merge, budget, every)  # type: ignore[arg-type]
+            self._compiled[key] = automaton
         return automaton
 
     def matching(self, name: str) -> list[V]:
