@@ -240,7 +240,20 @@ FIELDS: tuple[Field, ...] = (
         "catalog_refresh",
         300.0,
         _duration,
-        "how often the catalog index re-reads the whole registry",
+        "how often the catalog index re-reads the registry's repository and tag lists",
+    ),
+    Field(
+        "catalog_full_refresh",
+        3600.0,
+        _duration,
+        "how often a catalog refresh asks every tag's digest again, which finds a tag moved "
+        "without a notification (0: every refresh)",
+    ),
+    Field(
+        "catalog_concurrency",
+        8,
+        _int(1, 256),
+        "requests the catalog index keeps in flight to the registry",
     ),
     Field("watch", True, _bool, "reload the policy when its files change"),
     Field("reload_debounce", 0.2, _duration, "wait this long for a burst of file changes to end"),
@@ -515,6 +528,8 @@ class Settings:
     registry_public: str | None
     max_scopes: int
     catalog_refresh: float
+    catalog_full_refresh: float
+    catalog_concurrency: int
     watch: bool
     reload_debounce: float
     policy_git: str | None

@@ -74,7 +74,14 @@ class Services:
         )
         self.catalog: CatalogIndex | None = None
         if settings.registry_url:
-            self.catalog = CatalogIndex(RegistryClient(settings.registry_url, self.issuer))
+            client = RegistryClient(
+                settings.registry_url, self.issuer, connections=settings.catalog_concurrency
+            )
+            self.catalog = CatalogIndex(
+                client,
+                concurrency=settings.catalog_concurrency,
+                full_refresh=settings.catalog_full_refresh,
+            )
         # Set when the server stops taking new work (SIGTERM, shutdown): /readyz answers 503.
         self.draining = threading.Event()
         # The commit of the policy remote this process last tried to load, good or not.

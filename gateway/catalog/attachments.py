@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gateway.catalog.index import Manifest
+from gateway.catalog.model import Manifest
 
 ATTACHED = re.compile(r"sha256-([0-9a-f]{64})(?:\.(sig|att|sbom))?")
 KINDS = {"sig": "signature", "att": "attestation", "sbom": "SBOM", "": "referrers"}

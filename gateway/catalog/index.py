@@ -1,230 +1,40 @@
 """The catalog index: what the registry holds, in memory, refreshed and updated by notifications.
 
 Manifests are stored once per digest and shared by every tag and repository that points at
-them (images built from one base share most of their data), so the index stays small.
+them (images built from one base share most of their data), so the index stays small. A
+manifest is content-addressed, so the index never reads a digest it holds again: a refresh
+reads the repository list and each repository's tag list, and only the tags that changed
+(gateway/catalog/plan.py decides how), so a refresh that finds nothing new costs one request
+per page of those lists. The first read, and a full re-read every `full_refresh` seconds, read
+every tag; docs/ui.md ("How the index stays current") has the costs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
-import re
-import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from gateway.catalog.registry import (
-    INDEX_TYPES,
-    RegistryClient,
-    RegistryError,
-    is_digest,
-    is_tag,
-)
-from gateway.policy.patterns import is_repository_name, namespace_of
+from gateway.catalog.manifests import ManifestReader
+from gateway.catalog.model import Layer as Layer  # the UI imports the records from here
+from gateway.catalog.model import Manifest as Manifest
+from gateway.catalog.model import Platform as Platform
+from gateway.catalog.model import Repository as Repository
+from gateway.catalog.model import Step as Step
+from gateway.catalog.model import utc_seconds
+from gateway.catalog.plan import plan
+from gateway.catalog.progress import LOG_EVERY, Progress
+from gateway.catalog.registry import RegistryClient, RegistryError, is_digest, is_tag
+from gateway.policy.patterns import is_repository_name
 
 log = logging.getLogger("registry_gateway.catalog")
-
-
-@dataclass(frozen=True, slots=True)
-class Layer:
-    digest: str
-    size: int
-    media_type: str
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One entry of an image config's `history`: the instruction that made a layer, or an
-    empty step (`ENV`, `CMD`...) that made none."""
-
-    created_by: str
-    empty_layer: bool
-    created: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Platform:
-    """One image of a manifest (the only one, or one entry of an index)."""
-
-    os: str
-    architecture: str
-    variant: str
-    digest: str
-    size: int  # compressed: config plus layers
-    created: str | None
-    layers: tuple[Layer, ...]
-    entrypoint: tuple[str, ...]
-    cmd: tuple[str, ...]
-    labels: tuple[tuple[str, str], ...]
-    env_names: tuple[str, ...]  # names only: values may be secrets
-    history: tuple[Step, ...] = ()  # oldest first, as in the config
-    # What an artifact is (OCI `artifactType`, or a config media type that is not an image
-    # config's); "" for an image.
-    artifact_type: str = ""
-
-    @property
-    def name(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-@dataclass(frozen=True, slots=True)
-class Manifest:
-    digest: str
-    media_type: str
-    platforms: tuple[Platform, ...]
-    size: int  # all distinct blobs it refers to
-    created: str | None  # the newest of its images
-    artifact_type: str = ""  # as Platform.artifact_type, for the manifest itself
-
-    @property
-    def is_index(self) -> bool:
-        return self.media_type in INDEX_TYPES
-
-    @property
-    def kind(self) -> str:
-        oci = "oci" in self.media_type
-        if self.is_index:
-            return "OCI index" if oci else "Docker manifest list"
-        return "OCI image" if oci else "Docker v2 image"
-
-
-@dataclass(slots=True)
-class Repository:
-    name: str
-    tags: dict[str, Manifest] = field(default_factory=dict)
-    last_push: str | None = None  # from notifications when known
-
-    @property
-    def namespace(self) -> str:
-        return namespace_of(self.name)
-
-    @property
-    def size(self) -> int:
-        seen: dict[str, int] = {}
-        for manifest in self.tags.values():
-            for platform in manifest.platforms:
-                for layer in platform.layers:
-                    seen[layer.digest] = layer.size
-        return sum(seen.values())
-
-    @property
-    def updated(self) -> str | None:
-        stamps = [m.created for m in self.tags.values() if m.created]
-        if self.last_push:
-            stamps.append(self.last_push)
-        return max(stamps) if stamps else None
-
-
-@dataclass(frozen=True, slots=True)
-class _ImageConfig:
-    """The parts of an image config the catalog shows; shared by every image built from it."""
-
-    os: str
-    architecture: str
-    variant: str
-    created: str | None
-    entrypoint: tuple[str, ...]
-    cmd: tuple[str, ...]
-    labels: tuple[tuple[str, str], ...]
-    env_names: tuple[str, ...]  # names only: values may be secrets
-    history: tuple[Step, ...]
-
-    @classmethod
-    def read(cls, config: dict[str, Any]) -> _ImageConfig:
-        inner = config.get("config") or {}
-        if not isinstance(inner, dict):
-            inner = {}
-        return cls(
-            os=str(config.get("os", "")),
-            architecture=str(config.get("architecture", "")),
-            variant=str(config.get("variant", "")),
-            created=utc_seconds(config.get("created")),
-            entrypoint=tuple(str(a) for a in inner.get("Entrypoint") or ()),
-            cmd=tuple(str(a) for a in inner.get("Cmd") or ()),
-            labels=tuple(sorted((str(k), str(v)) for k, v in (inner.get("Labels") or {}).items())),
-            env_names=tuple(sorted({str(e).partition("=")[0] for e in inner.get("Env") or []})),
-            history=read_history(config.get("history")),
-        )
-
-
-_NO_CONFIG = _ImageConfig("", "", "", None, (), (), (), (), ())
-MAX_STEPS = 1000  # history entries kept of one image (Docker's own limit on layers is 127)
-MAX_STEP_TEXT = 2000  # characters of one `created_by` kept; a longer one ends with "…"
-IMAGE_CONFIG_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.config.v1+json",
-        "application/vnd.docker.container.image.v1+json",
-        "",
-    }
-)
-
-
-def read_history(value: Any) -> tuple[Step, ...]:
-    """An image config's `history`, as far as it is well-formed (anything else is skipped)."""
-    if not isinstance(value, list):
-        return ()
-    steps = []
-    for entry in value[:MAX_STEPS]:
-        if not isinstance(entry, dict):
-            continue
-        text = entry.get("created_by")
-        text = without_values(text) if isinstance(text, str) else ""
-        if len(text) > MAX_STEP_TEXT:
-            text = text[: MAX_STEP_TEXT - 1] + "\u2026"
-        # Images built from one base repeat its steps: one string for all of them.
-        created = utc_seconds(entry.get("created"))
-        steps.append(
-            Step(
-                sys.intern(text),
-                entry.get("empty_layer") is True,
-                sys.intern(created) if created else None,
-            )
-        )
-    return tuple(steps)
-
-
-_SETS = re.compile(r"((?:/bin/sh -c #\(nop\)\s+)?(?:ENV|ARG)\s+)(.*)", re.DOTALL)
-_BUILD_ARGS = re.compile(r"((?:RUN )?\|)(\d{1,3}) (.*)", re.DOTALL)
-_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_.-]*)=")
-
-
-def without_values(text: str) -> str:
-    """A history step with the values of its variables hidden, as the environment's are:
-    `ENV TOKEN=abc` -> `ENV TOKEN=…`, and the build arguments before a `RUN`
-    (`|1 TOKEN=abc /bin/sh -c make` -> `|1 TOKEN=… /bin/sh -c make`)."""
-    text = text.strip()
-    sets = _SETS.fullmatch(text)
-    if sets is not None:
-        names = _NAME.findall(sets[2])
-        if names:
-            return sets[1] + " ".join(f"{name}=\u2026" for name in names)
-        words = sets[2].split(None, 1)  # the older `ENV NAME value` form
-        return sets[1] + (words[0] if words else "") + (" \u2026" if len(words) > 1 else "")
-    args = _BUILD_ARGS.fullmatch(text)
-    if args is not None:
-        count = int(args[2])
-        parts = args[3].split(" ", count)
-        hidden = [part.partition("=")[0] + "=\u2026" for part in parts[:count]]
-        return f"{args[1]}{count} " + " ".join(hidden + parts[count:])
-    return text
-
-
-def artifact_type(body: dict[str, Any], descriptor: dict[str, Any] | None = None) -> str:
-    """What an OCI artifact is: `artifactType` (of its descriptor in an index, or of the
-    manifest), else a config media type that is not an image config's; "" for an image."""
-    for source in (descriptor or {}, body):
-        value = source.get("artifactType")
-        if isinstance(value, str) and value:
-            return sys.intern(value[:255])
-    config = body.get("config")
-    kind = config.get("mediaType") if isinstance(config, dict) else None
-    if isinstance(kind, str) and kind not in IMAGE_CONFIG_TYPES:
-        return sys.intern(kind[:255])
-    return ""
+T = TypeVar("T")
+CONCURRENCY = 8  # requests in flight (bench/catalog.py measured 4 to 32 against Distribution)
+FULL_REFRESH = 3600.0  # seconds between full re-reads, which find tags moved unannounced
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,30 +45,61 @@ class IndexStatus:
     last_error: str | None
     repositories: int
     tags: int
+    progress: dict[str, Any] | None = None  # while the registry is being read: Progress.as_dict
+    last_full_refresh: float | None = None  # when the last read of every tag ended
+
+
+async def _together(work: Iterable[Awaitable[T]]) -> list[T]:
+    """Run `work` at once; the first failure cancels the rest and is raised as it is."""
+    tasks = [asyncio.ensure_future(one) for one in work]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class CatalogIndex:
     """Repositories and tags known from the registry; readers never see a half-built index."""
 
-    def __init__(self, client: RegistryClient, *, concurrency: int = 16) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        *,
+        concurrency: int = CONCURRENCY,
+        full_refresh: float = FULL_REFRESH,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
+        self._clock = clock  # when a full re-read is due
         self.repositories: dict[str, Repository] = {}
         self._manifests: dict[str, Manifest] = {}  # by digest, shared
-        self._configs: dict[str, _ImageConfig] = {}  # by config digest, shared
-        self._layer_lists: dict[tuple[Layer, ...], tuple[Layer, ...]] = {}
+        # Tags listed whose manifest was gone when read, by repository: not asked again
+        # until a full re-read (a tag left behind by a deleted manifest stays so).
+        self._unreadable: dict[str, frozenset[str]] = {}
         self.concurrency = concurrency
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self._gate = asyncio.Semaphore(concurrency)
+        self.full_refresh = full_refresh
+        self._full_due = 0.0  # the clock's time after which a refresh reads every tag
         self.generation = 0  # bumped on every change, for caches keyed on the index
         self.last_refresh: float | None = None
         self.refresh_seconds: float | None = None
+        self.last_full_refresh: float | None = None
         self.last_error: str | None = None
         self.built = False
+        self.progress: Progress | None = None  # of the refresh under way
         # Tags that notifications said were pushed, by repository: tag -> manifest digest.
         self._pushed: dict[str, dict[str, str]] = {}
         self._push_times: dict[str, str] = {}  # the newest push notified, by repository
+        # Updates by notification, numbered: a refresh keeps what one made while it ran.
+        self._updates = 0
+        self._updated: dict[str, int] = {}
 
     def status(self) -> IndexStatus:
         tags = sum(len(r.tags) for r in self.repositories.values())
+        progress = self.progress
         return IndexStatus(
             self.built,
             self.last_refresh,
@@ -266,203 +107,212 @@ class CatalogIndex:
             self.last_error,
             len(self.repositories),
             tags,
+            progress.as_dict() if progress is not None else None,
+            self.last_full_refresh,
         )
 
-    # -- building ----------------------------------------------------------------------
+    # -- reading the registry ----------------------------------------------------------
 
-    async def refresh(self) -> bool:
-        """Rebuild the whole index from the registry; keep the old one if the registry fails."""
+    async def refresh(self, *, full: bool | None = None) -> bool:
+        """Bring the index up to date with the registry; keep what it holds if that fails.
+
+        The first read reads every tag's manifest; later ones what changed, and every tag's
+        digest (HEAD) when `full` or once `full_refresh` seconds have passed since the last
+        full read. False when the registry could not be read.
+        """
+        if not self.built:
+            kind = "first read"
+        elif full or (full is None and self._clock() >= self._full_due):
+            kind = "full re-read"
+        else:
+            kind = "refresh"
         started = time.perf_counter()
+        mark = self._updates
+        progress = self.progress = Progress(kind)
+        reader = ManifestReader(self.client, self._manifests, self._gate, progress)
+        reporter = asyncio.create_task(self._report(progress))
         try:
             names = await self.client.repositories()
-            fresh = await self._load_all(names)
+            progress.repositories = len(names)
+            read = await self._read_all(names, reader, full=kind == "full re-read")
         except RegistryError as exc:
             self.last_error = str(exc)
             log.warning(
-                "catalog refresh failed: %s", exc, extra={"event": "catalog_refresh_failed"}
+                "catalog %s failed: %s", kind, exc, extra={"event": "catalog_refresh_failed"}
             )
             return False
-        pushed = {name: repo.last_push for name, repo in self.repositories.items()}
-        repositories = {}
-        for repo in fresh:
-            if repo.tags:
-                repo.last_push = pushed.get(repo.name)
-                repositories[repo.name] = repo
-        used = {m.digest for r in repositories.values() for m in r.tags.values()}
-        self._manifests = {d: m for d, m in self._manifests.items() if d in used}
-        # Platforms keep what they need; new images start sharing afresh.
-        self._configs, self._layer_lists = {}, {}
-        self.repositories = repositories
-        self.generation += 1
+        finally:
+            reporter.cancel()
+            await reader.close()
+            self.progress = None
+        self._publish(read, reader, mark)
         self.built = True
         self.last_error = None
         self.last_refresh = time.time()
         self.refresh_seconds = time.perf_counter() - started
+        if kind != "refresh":
+            self.last_full_refresh = self.last_refresh
+            self._full_due = self._clock() + self.full_refresh
         log.info(
-            "catalog: %d repositories, %d tags in %.1f s",
-            len(repositories),
-            sum(len(r.tags) for r in repositories.values()),
+            "catalog %s: %d repositories, %d tags in %.1f s (%d tag lists, %d HEAD, "
+            "%d manifests and %d configs read)",
+            kind,
+            len(self.repositories),
+            sum(len(r.tags) for r in self.repositories.values()),
             self.refresh_seconds,
-            extra={"event": "catalog_refreshed"},
+            progress.tag_lists,
+            progress.heads,
+            progress.manifests,
+            progress.configs,
+            extra={"event": "catalog_refreshed", **progress.as_dict()},
         )
         return True
 
-    async def _load_all(self, names: list[str]) -> list[Repository]:
-        """Every repository, a few at a time: a task per tag of every repository at once
-        would hold far more memory than the index itself."""
-        found: list[Repository | None] = [None] * len(names)
-        todo = iter(enumerate(names))
+    async def _report(self, progress: Progress) -> None:
+        """A progress line every LOG_EVERY seconds while a read lasts."""
+        while True:
+            await asyncio.sleep(LOG_EVERY)
+            log.info(
+                "catalog %s",
+                progress.summary(),
+                extra={"event": "catalog_progress", **progress.as_dict()},
+            )
+
+    async def _read_all(
+        self, names: list[str], reader: ManifestReader, *, full: bool
+    ) -> dict[str, tuple[Repository, frozenset[str]]]:
+        """Every repository, `concurrency` at a time (each then reads its tags through the
+        shared gate): a task per tag of every repository at once would hold far more memory
+        than the index itself."""
+        read: dict[str, tuple[Repository, frozenset[str]]] = {}
+        todo = iter(names)
 
         async def worker() -> None:
-            for i, name in todo:  # one iterator shared by the workers
-                found[i] = await self._load_repository(name)
+            for name in todo:  # one iterator shared by the workers
+                read[name] = await self._read_repository(name, reader, full=full)
+                reader.progress.repositories_done += 1
 
-        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
-        try:
-            await asyncio.gather(*workers)
-        except BaseException:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            raise
-        return [repo for repo in found if repo is not None]
+        await _together(worker() for _ in range(self.concurrency))
+        return read
+
+    async def _read_repository(
+        self,
+        name: str,
+        reader: ManifestReader,
+        *,
+        full: bool = False,
+        pushed: dict[str, str] | None = None,
+    ) -> tuple[Repository, frozenset[str]]:
+        """The repository as the registry has it now, and its tags that could not be read.
+        The very object the index holds when nothing changed."""
+        async with self._gate:
+            reader.progress.tag_lists += 1
+            listed = list(dict.fromkeys(await self.client.tags(name)))
+        reader.progress.tags += len(listed)
+        previous = self.repositories.get(name)
+        unreadable = self._unreadable.get(name, frozenset())
+        todo = plan(
+            listed,
+            previous.tags if previous is not None else None,
+            unreadable=unreadable,
+            pushed=pushed,
+            full=full,
+        )
+        if todo.unchanged and previous is not None:
+            return previous, unreadable
+        reads = [(tag, reader.by_tag(name, tag)) for tag in todo.get]
+        reads += [(tag, reader.by_head(name, tag)) for tag in todo.head]
+        reads += [(tag, reader.by_digest(name, digest)) for tag, digest in todo.pushed.items()]
+        found = dict(todo.keep)
+        for (tag, _), manifest in zip(reads, await _together(r for _, r in reads), strict=True):
+            if manifest is not None:
+                found[tag] = manifest
+        # In the registry's order; tags a notification named and not listed yet at the end.
+        tags = {tag: found[tag] for tag in listed if tag in found}
+        tags.update((tag, manifest) for tag, manifest in found.items() if tag not in tags)
+        still = frozenset(tag for tag in listed if tag not in tags)
+        last_push = previous.last_push if previous is not None else None
+        return Repository(name, tags, last_push), still
+
+    def _publish(
+        self,
+        read: dict[str, tuple[Repository, frozenset[str]]],
+        reader: ManifestReader,
+        mark: int,
+    ) -> None:
+        """Replace the index with what a refresh read, in one assignment, keeping what
+        notifications updated while it ran (those reads are newer than the refresh's)."""
+        current = self.repositories
+        newer = {name for name, number in self._updated.items() if number > mark}
+        repositories: dict[str, Repository] = {}
+        unreadable: dict[str, frozenset[str]] = {}
+        for name, (repo, missing) in read.items():
+            if name in newer:
+                continue
+            if repo.tags:
+                repositories[name] = repo
+            if missing:
+                unreadable[name] = missing
+        for name in newer:
+            if name in current:
+                repositories[name] = current[name]
+            if name in self._unreadable:
+                unreadable[name] = self._unreadable[name]
+        self._updated = {name: self._updated[name] for name in newer}
+        self._unreadable = unreadable
+        changed = len(repositories) != len(current) or any(
+            repo is not current.get(name) for name, repo in repositories.items()
+        )
+        if not changed:
+            return
+        used = {m.digest for r in repositories.values() for m in r.tags.values()}
+        held = {**self._manifests, **reader.found}
+        self._manifests = {digest: m for digest, m in held.items() if digest in used}
+        self.repositories = repositories
+        self.generation += 1
 
     async def update_repository(self, name: str, *, pushed_at: str | None = None) -> None:
         """Re-read one repository now (a notification said it changed).
 
         The registry sends a manifest's push event before it links the tag, so the tag list
-        may not show it yet: tags the events named are read by their digest instead.
+        may not show it yet: tags the events named are taken with their digest, and only a
+        digest the index does not hold is read.
         """
         expected = self._pushed.pop(name, {})
         pushed_at = pushed_at or self._push_times.pop(name, None)
+        reader = ManifestReader(
+            self.client, self._manifests, self._gate, Progress(f"update of {name}")
+        )
         try:
-            repo = await self._load_repository(name)
-            for tag, digest in expected.items():
-                found = repo.tags.get(tag)
-                if found is None or found.digest != digest:
-                    manifest = await self._load_tag(name, digest)
-                    if manifest is not None:
-                        repo.tags[tag] = manifest
+            repo, missing = await self._read_repository(name, reader, pushed=expected)
         except RegistryError as exc:
             log.warning("catalog update of %s failed: %s", name, exc)
             return
+        finally:
+            await reader.close()
         previous = self.repositories.get(name)
-        repo.last_push = pushed_at or (previous.last_push if previous else None)
+        last_push = pushed_at or (previous.last_push if previous is not None else None)
+        if previous is not None and repo is previous:
+            if last_push == previous.last_push:
+                return  # nothing changed (a delete of an untagged manifest, a repeated event)
+            repo = Repository(name, previous.tags, last_push)
+        repo.last_push = last_push  # not published yet: still ours to change
+        self._manifests.update(reader.found)
         repositories = dict(self.repositories)
         if repo.tags:
             repositories[name] = repo
         else:
             repositories.pop(name, None)
+        unreadable = dict(self._unreadable)
+        if missing:
+            unreadable[name] = missing
+        else:
+            unreadable.pop(name, None)
+        self._unreadable = unreadable
+        self._updates += 1
+        self._updated[name] = self._updates
         self.repositories = repositories
         self.generation += 1
-
-    async def _load_repository(self, name: str) -> Repository:
-        async with self._semaphore:
-            tags = await self.client.tags(name)
-        manifests = await asyncio.gather(*(self._load_tag(name, tag) for tag in tags))
-        repo = Repository(name)
-        for tag, manifest in zip(tags, manifests, strict=True):
-            if manifest is not None:
-                repo.tags[tag] = manifest
-        return repo
-
-    async def _load_tag(self, repository: str, tag: str) -> Manifest | None:
-        async with self._semaphore:
-            found = await self.client.manifest(repository, tag)
-        if found is None:
-            return None
-        digest, media_type, body = found
-        cached = self._manifests.get(digest)
-        if cached is not None:
-            return cached
-        if media_type in INDEX_TYPES:
-            platforms = []
-            for entry in body.get("manifests") or []:
-                child = await self._load_child(repository, entry)
-                if child is not None:
-                    platforms.append(child)
-        else:
-            platforms = [await self._platform(repository, digest, body, {})]
-        sizes: dict[str, int] = {}
-        for platform in platforms:
-            for layer in platform.layers:
-                sizes[layer.digest] = layer.size
-        created = max((p.created for p in platforms if p.created), default=None)
-        manifest = Manifest(
-            sys.intern(digest),
-            sys.intern(media_type),
-            tuple(platforms),
-            sum(sizes.values()),
-            created,
-            "" if media_type in INDEX_TYPES else artifact_type(body),
-        )
-        self._manifests[digest] = manifest
-        return manifest
-
-    async def _load_child(self, repository: str, entry: dict[str, Any]) -> Platform | None:
-        digest = entry.get("digest") if isinstance(entry, dict) else None
-        if not is_digest(digest):
-            return None
-        async with self._semaphore:
-            found = await self.client.manifest(repository, digest)
-        if found is None:
-            return None
-        return await self._platform(
-            repository, digest, found[2], entry.get("platform") or {}, entry
-        )
-
-    async def _platform(
-        self,
-        repository: str,
-        digest: str,
-        body: dict[str, Any],
-        platform: dict[str, Any],
-        descriptor: dict[str, Any] | None = None,
-    ) -> Platform:
-        config_ref = body.get("config") or {}
-        # An artifact's config can be anything (a large binary too): only image configs are read.
-        image = config_ref.get("mediaType", "") in IMAGE_CONFIG_TYPES
-        config = await self._config(repository, config_ref.get("digest", "") if image else "")
-        layers = self._shared(
-            tuple(
-                Layer(
-                    sys.intern(layer.get("digest", "")),
-                    int(layer.get("size", 0)),
-                    sys.intern(layer.get("mediaType", "")),
-                )
-                for layer in body.get("layers") or []
-            )
-        )
-        return Platform(
-            os=sys.intern(platform.get("os") or config.os),
-            architecture=sys.intern(platform.get("architecture") or config.architecture),
-            variant=sys.intern(platform.get("variant") or config.variant),
-            digest=sys.intern(digest),
-            size=int(config_ref.get("size", 0)) + sum(layer.size for layer in layers),
-            created=config.created,
-            layers=layers,
-            entrypoint=config.entrypoint,
-            cmd=config.cmd,
-            labels=config.labels,
-            env_names=config.env_names,
-            history=config.history,
-            artifact_type=artifact_type(body, descriptor),
-        )
-
-    def _shared(self, layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
-        """One tuple for equal layer lists: images built from one base share them."""
-        return self._layer_lists.setdefault(layers, layers)
-
-    async def _config(self, repository: str, digest: Any) -> _ImageConfig:
-        """What the index keeps of an image config (not the config itself), read once."""
-        if not is_digest(digest):
-            return _NO_CONFIG
-        found = self._configs.get(digest)
-        if found is None:
-            async with self._semaphore:
-                data = await self.client.blob_json(repository, digest) or {}
-            found = self._configs[digest] = _ImageConfig.read(data)
-        return found
 
     # -- notifications -----------------------------------------------------------------
 
@@ -539,17 +389,3 @@ class Event:
         ):
             return None
         return cls(action, name, tag, digest, media_type, utc_seconds(raw.get("timestamp")))
-
-
-def utc_seconds(value: Any) -> str | None:
-    """An RFC 3339 time (image config `created`, notification `timestamp`) as seconds in UTC;
-    a time without a zone is taken as UTC."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=dt.UTC)
-        return parsed.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (ValueError, OverflowError):  # not a time; a year-1 time east of UTC
-        return None

@@ -184,7 +184,9 @@ async def status(site: Site, request: Request, viewer: Viewer) -> Response:
         )
         if viewer.admin:  # totals count what others may not see
             totals = catalog.status()
-            index.update(repositories=totals.repositories, tags=totals.tags)
+            index.update(
+                repositories=totals.repositories, tags=totals.tags, progress=totals.progress
+            )
     data: dict[str, Any] = {"policy": policy, "catalog": index}
     if viewer.admin:  # webhook URLs and deliveries are for admins (docs/events.md)
         data["webhooks"] = site.services.events.status()
