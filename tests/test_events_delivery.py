@@ -199,6 +199,7 @@ def test_without_its_secret_a_subscription_sends_nothing(
     assert delivery.status == "no secret"
     assert ENV in (delivery.error or "")
     assert receiver.requests == []
+    assert sender._failures["ci"] == 1  # counts towards suspending it, as a dead receiver
 
 
 @pytest.mark.usefixtures("secret_env")

@@ -267,6 +267,7 @@ class Sender:
         try:
             secret = read_secret(webhook)
         except SecretUnavailable as exc:
+            self._answered(webhook.name, False)  # as good as a dead receiver: suspended too
             return self._done(webhook, event, "no secret", 0, None, None, started, str(exc))
         payload, content_type = self.body(webhook, event)
         tries = 0
