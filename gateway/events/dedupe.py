@@ -35,6 +35,10 @@ class Claims(Protocol):
         """True if this process is the one to deliver the event `event_id`."""
         ...
 
+    async def close(self) -> None:
+        """Let go of what the claims hold (a connection)."""
+        ...
+
 
 class RedisClaims:
     """Claims in Redis, shared by every replica."""
@@ -63,6 +67,9 @@ class RedisClaims:
         self._down = False
         return bool(won)
 
+    async def close(self) -> None:
+        await self.client.aclose()  # type: ignore[attr-defined]
+
 
 class FileClaims:
     """Claims as files in one directory: the workers of a host share them."""
@@ -71,6 +78,9 @@ class FileClaims:
         self.directory = directory
         self.ttl = ttl
         self._count = 0
+
+    async def close(self) -> None:
+        pass
 
     async def claim(self, event_id: str) -> bool:
         path = self.directory / event_id

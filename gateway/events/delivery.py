@@ -361,6 +361,7 @@ class Sender:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        await self.claims.close()
 
 
 def _retry_after(value: str | None) -> float | None:
