@@ -150,6 +150,8 @@ def configure(level: str = "info", fmt: str = "json") -> dict[str, Any]:
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn.error": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+            # httpx logs every request at info: a catalog read is 200,000 of them.
+            "httpx": {"level": "WARNING"},
         },
     }
     logging.config.dictConfig(config)
