@@ -402,30 +402,7 @@ class _Builder:
 
     def mapping(self, node: yn.Node, what: str) -> Iterator[tuple[str, yn.Node, yn.Node]]:
         """The (key, key node, value node) triples of a mapping; duplicate keys reported."""
-        if isinstance(node, yn.ScalarNode) and yn.scalar(node) is None:
-            return
-        if not isinstance(node, yn.MappingNode):
-            self.error(self.at(node), f"{what} must be a mapping, not {yn.kind(node)}")
-            return
-        seen: dict[str, yn.Node] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yn.ScalarNode):
-                self.error(self.at(key_node), f"keys of {what} must be plain names")
-                continue
-            key = str(key_node.value)
-            if key == "<<":
-                self.error(
-                    self.at(key_node), "YAML merge keys ('<<') are not supported in policy files"
-                )
-                continue
-            if key in seen:
-                first = seen[key].start_mark.line + 1
-                self.error(
-                    self.at(key_node), f"{what}: key {key!r} is repeated (first at line {first})"
-                )
-                continue
-            seen[key] = key_node
-            yield key, key_node, value_node
+        return yn.mapping(node, what, self.file, self.error)
 
     def fields(
         self, node: yn.Node, what: str, allowed: tuple[str, ...]

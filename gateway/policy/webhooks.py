@@ -320,19 +320,4 @@ def _string(node: yn.Node) -> str | None:
 def _mapping(
     node: yn.Node, what: str, file: str, report: Report
 ) -> Iterable[tuple[str, yn.Node, yn.Node]]:
-    if isinstance(node, yn.ScalarNode) and yn.scalar(node) is None:
-        return
-    if not isinstance(node, yn.MappingNode):
-        report(yn.location(node, file), "error", f"{what} must be a mapping, not {yn.kind(node)}")
-        return
-    seen: set[str] = set()
-    for key_node, value_node in node.value:
-        key = str(key_node.value) if isinstance(key_node, yn.ScalarNode) else None
-        if key is None or key == "<<":
-            report(yn.location(key_node, file), "error", f"keys of {what} must be plain names")
-            continue
-        if key in seen:
-            report(yn.location(key_node, file), "error", f"{what}: key {key!r} is repeated")
-            continue
-        seen.add(key)
-        yield key, key_node, value_node
+    return yn.mapping(node, what, file, lambda at, message: report(at, "error", message))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,3 +130,37 @@ def kind(node: Node) -> str:
     if isinstance(value, dt.date):
         return "a date"
     return "a string"
+
+
+def mapping(
+    node: Node, what: str, filename: str, error: Callable[[Location, str], None]
+) -> Iterator[tuple[str, Node, Node]]:
+    """The (key, key node, value node) triples of a mapping (nothing for an empty value);
+    anything else, keys that are not plain names, merge keys and repeated keys are reported
+    through `error` and left out."""
+    if isinstance(node, ScalarNode) and scalar(node) is None:
+        return
+    if not isinstance(node, MappingNode):
+        error(location(node, filename), f"{what} must be a mapping, not {kind(node)}")
+        return
+    seen: dict[str, Node] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, ScalarNode):
+            error(location(key_node, filename), f"keys of {what} must be plain names")
+            continue
+        key = str(key_node.value)
+        if key == "<<":
+            error(
+                location(key_node, filename),
+                "YAML merge keys ('<<') are not supported in policy files",
+            )
+            continue
+        if key in seen:
+            first = seen[key].start_mark.line + 1
+            error(
+                location(key_node, filename),
+                f"{what}: key {key!r} is repeated (first at line {first})",
+            )
+            continue
+        seen[key] = key_node
+        yield key, key_node, value_node
