@@ -17,7 +17,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from gateway.policy import yamlnodes as yn
 from gateway.policy.model import Location, Webhook
-from gateway.policy.patterns import PatternError, compile_pattern, is_component
+from gateway.policy.patterns import PatternError, compile_pattern
+from gateway.policy.sections import Report, mapping, merge_named, read_named
 
 TYPE_PREFIX = "registry-gateway."
 
@@ -46,44 +47,15 @@ MAX_URL_LENGTH = 2048
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _SECRET_WORDS = re.compile(r"secret|token|passw|sig|key|auth|api", re.IGNORECASE)
 
-# (where, severity "error" | "warning", message)
-Report = Callable[[Location, str, str], None]
-
 
 def read_webhooks(node: yn.Node, file: str, report: Report) -> dict[str, Webhook]:
     """The subscriptions of one file's `webhooks:` mapping; every problem is reported."""
-    out: dict[str, Webhook] = {}
-    for name, key, value in _mapping(node, "webhooks", file, report):
-        where = yn.location(key, file)
-        if not is_component(name):
-            report(
-                where,
-                "error",
-                f"webhook name {name!r} must be lower-case letters and digits, optionally "
-                "joined by '.', '_' or '-'",
-            )
-            continue
-        webhook = _read_one(name, where, value, file, report)
-        if webhook is not None:
-            out[name] = webhook
-    return out
+    return read_named(node, "webhook", file, report, _read_one)
 
 
 def merge_webhooks(files: Iterable[dict[str, Webhook]], report: Report) -> tuple[Webhook, ...]:
     """Every file's subscriptions together; a name defined twice is an error."""
-    seen: dict[str, Webhook] = {}
-    for found in files:
-        for name, webhook in found.items():
-            first = seen.get(name)
-            if first is not None:
-                report(
-                    webhook.location,
-                    "error",
-                    f"webhook {name!r} is defined twice (first at {first.location})",
-                )
-                continue
-            seen[name] = webhook
-    return tuple(seen.values())
+    return tuple(merge_named(files, "webhook", report).values())
 
 
 def full_type(short: str) -> str:
@@ -103,7 +75,7 @@ def _read_one(
         report(at, "error", f"{what}: {message}")
 
     fields: dict[str, tuple[yn.Node, yn.Node]] = {}
-    for key, key_node, value_node in _mapping(node, what, file, report):
+    for key, key_node, value_node in mapping(node, what, file, report):
         at = yn.location(key_node, file)
         if key in INLINE_SECRETS:
             error(
@@ -315,9 +287,3 @@ def _secret_source(
 def _string(node: yn.Node) -> str | None:
     value = yn.scalar(node) if isinstance(node, yn.ScalarNode) else None
     return value if isinstance(value, str) and value else None
-
-
-def _mapping(
-    node: yn.Node, what: str, file: str, report: Report
-) -> Iterable[tuple[str, yn.Node, yn.Node]]:
-    return yn.mapping(node, what, file, lambda at, message: report(at, "error", message))

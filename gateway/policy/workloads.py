@@ -20,6 +20,7 @@ from typing import Any
 from gateway.policy import yamlnodes as yn
 from gateway.policy.model import ClaimCondition, Location, Policy, Workload
 from gateway.policy.patterns import PatternError, compile_pattern, is_component
+from gateway.policy.sections import Report, mapping, merge_named, read_named
 
 # Issuers every gateway knows by key; the `oidc_ci_issuers` setting adds others (self-hosted
 # GitLab, Buildkite, CircleCI, ...) or points these keys elsewhere.
@@ -59,45 +60,18 @@ _CHOICES: dict[str, frozenset[str]] = {
 MAX_VALUE_LENGTH = 1024
 MAX_CONDITIONS = 32
 
-# (where, severity "error" | "warning", message)
-Report = Callable[[Location, str, str], None]
-
 
 def read_workloads(node: yn.Node, file: str, report: Report) -> dict[str, Workload]:
     """The workloads of one file's `workloads:` mapping; every problem is reported."""
-    out: dict[str, Workload] = {}
-    for name, key, value in _mapping(node, "workloads", file, report):
-        where = yn.location(key, file)
-        if not is_component(name):
-            report(
-                where,
-                "error",
-                f"workload name {name!r} must be lower-case letters and digits, optionally "
-                "joined by '.', '_' or '-'",
-            )
-            continue
-        workload = _read_one(name, where, value, file, report)
-        if workload is not None:
-            _check_conditions(workload, report)
-            out[name] = workload
-    return out
+    found = read_named(node, "workload", file, report, _read_one)
+    for workload in found.values():
+        _check_conditions(workload, report)
+    return found
 
 
 def merge_workloads(files: Iterable[dict[str, Workload]], report: Report) -> dict[str, Workload]:
     """Every file's workloads together; a name defined twice is an error."""
-    seen: dict[str, Workload] = {}
-    for found in files:
-        for name, workload in found.items():
-            first = seen.get(name)
-            if first is not None:
-                report(
-                    workload.location,
-                    "error",
-                    f"workload {name!r} is defined twice (first at {first.location})",
-                )
-                continue
-            seen[name] = workload
-    return seen
+    return merge_named(files, "workload", report)
 
 
 def _read_one(
@@ -112,7 +86,7 @@ def _read_one(
         report(at, "error", f"{what}: {message}")
 
     fields: dict[str, tuple[yn.Node, yn.Node]] = {}
-    for key, key_node, value_node in _mapping(node, what, file, report):
+    for key, key_node, value_node in mapping(node, what, file, report):
         if key not in FIELDS:
             hint = difflib.get_close_matches(key, FIELDS, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
@@ -273,12 +247,6 @@ def claim_text(value: Any) -> str | None:
 
 def _scalar(node: yn.Node) -> Any:
     return yn.scalar(node) if isinstance(node, yn.ScalarNode) else None
-
-
-def _mapping(
-    node: yn.Node, what: str, file: str, report: Report
-) -> Iterable[tuple[str, yn.Node, yn.Node]]:
-    return yn.mapping(node, what, file, lambda at, message: report(at, "error", message))
 
 
 # -- matching ----------------------------------------------------------------------------
