@@ -52,6 +52,10 @@ _Granted = dict[str, tuple[frozenset[str], tuple[Grant, ...]]]
 _Memberships = dict[Principal, dict[str, Role]]
 # Under one pattern: each restriction, with its place and `only` as principal texts.
 _Restricted = tuple[tuple[int, frozenset[str], Restriction], ...]
+# What the index files: grants, and restrictions with their places in the policy.
+_Rule = Grant | tuple[int, Restriction]
+_Rules = tuple[_Granted, _Restricted]
+_NO_GRANTS: _Granted = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +116,7 @@ class Engine:
         self.policy = policy
         self.revision = policy.revision
         before = previous._grant_parts if previous is not None else {}
-        self._grant_parts: dict[tuple[str, int], tuple[tuple[Grant, ...], Groups[Grant]]] = {}
+        self._grant_parts: dict[tuple[str, int], tuple[tuple[Grant, ...], Groups[_Rule]]] = {}
         for key, run in _runs(policy.grants):
             reused = before.get(key)
             if reused is not None and _same(reused[0], run):
@@ -120,13 +124,14 @@ class Engine:
             else:
                 groups = group((grant.repositories, grant) for grant in run)
             self._grant_parts[key] = (run, groups)
-        self._grants: PatternIndex[Grant, _Granted] = PatternIndex(
-            (groups for _, groups in self._grant_parts.values()), _granted_value, _merge_granted
+        # Grants and restrictions in one index: one walk per decision finds both.
+        restrictions: Groups[_Rule] = group(
+            (r.repositories, (i, r)) for i, r in enumerate(policy.restrictions)
         )
-        self._restrictions: PatternIndex[tuple[int, Restriction], _Restricted] = PatternIndex.of(
-            ((r.repositories, (i, r)) for i, r in enumerate(policy.restrictions)),
-            _restricted_value,
-            _merge_restricted,
+        self._rules: PatternIndex[_Rule, _Rules] = PatternIndex(
+            [*(groups for _, groups in self._grant_parts.values()), restrictions],
+            _rules_value,
+            _merge_rules,
         )
         old = previous._team_parts if previous is not None else {}
         self._team_parts: dict[tuple[str, int], tuple[tuple[Team, ...], _Memberships]] = {}
@@ -305,7 +310,8 @@ class Engine:
 
         by_key = {str(p): p for p in principals}
         grants: dict[tuple[int, str], Grant] = {}
-        for granted in self._grants.matching(repository):
+        matched = self._rules.matching(repository)
+        for granted, _ in matched:
             for key in by_key:
                 entry = granted.get(key)
                 if entry is not None:
@@ -319,7 +325,7 @@ class Engine:
         denies: dict[str, list[Reason]] = {action: [] for action in REPOSITORY_ACTIONS}
         restrictions = {
             place: restriction
-            for restricted in self._restrictions.matching(repository)
+            for _, restricted in matched
             for place, only, restriction in restricted
             if by_key.keys().isdisjoint(only)
         }
@@ -432,11 +438,12 @@ class Engine:
                     role = teams.get(team)
                     if role is not None:
                         allowed |= role.actions
+        matched = self._rules.matching(repository)
         if len(allowed) < len(_EVERY_ACTION):
-            for granted in self._grants.matching(repository):
+            for granted, _ in matched:
                 for key in granted.keys() & keys:  # in C, over the smaller of the two
                     allowed |= granted[key][0]
-        for restricted in self._restrictions.matching(repository):
+        for _, restricted in matched:
             for _, only, restriction in restricted:
                 if keys.isdisjoint(only):
                     allowed -= restriction.actions
@@ -453,15 +460,15 @@ def _may_see(keys: frozenset[str], visibility: Visibility) -> bool:
     )
 
 
-_Rule = TypeVar("_Rule", Grant, Team)
+_Run = TypeVar("_Run", Grant, Team)
 
 
-def _runs(rules: tuple[_Rule, ...]) -> list[tuple[tuple[str, int], tuple[_Rule, ...]]]:
+def _runs(rules: tuple[_Run, ...]) -> list[tuple[tuple[str, int], tuple[_Run, ...]]]:
     """The rules in runs written in one file, each keyed by its file and its place among the
     runs. A loaded policy lists its rules file by file, in the order of the file names, so
     each run's end is found by bisection; in any other order runs may mix files, which costs
     only reuse (an index of a run is right whatever the run holds)."""
-    runs: list[tuple[tuple[str, int], tuple[_Rule, ...]]] = []
+    runs: list[tuple[tuple[str, int], tuple[_Run, ...]]] = []
     start = 0
     while start < len(rules):
         file = rules[start].location.file
@@ -501,6 +508,26 @@ def _granted_value(grants: list[Grant]) -> _Granted:
             actions.setdefault(key, set()).update(grant.actions)
             found.setdefault(key, {})[id(grant)] = grant
     return {key: (frozenset(actions[key]), tuple(found[key].values())) for key in actions}
+
+
+def _rules_value(items: list[_Rule]) -> _Rules:
+    """What the index holds under one pattern: its grants and its restrictions."""
+    grants = [item for item in items if isinstance(item, Grant)]
+    restrictions = [item for item in items if not isinstance(item, Grant)]
+    return (
+        _granted_value(grants) if grants else _NO_GRANTS,
+        _restricted_value(restrictions) if restrictions else (),
+    )
+
+
+def _merge_rules(values: list[_Rules]) -> _Rules:
+    """The rules of several patterns as if under one."""
+    grants = [granted for granted, _ in values if granted]
+    restrictions = [restricted for _, restricted in values if restricted]
+    return (
+        _merge_granted(grants) if len(grants) > 1 else grants[0] if grants else _NO_GRANTS,
+        _merge_restricted(restrictions) if restrictions else (),
+    )
 
 
 def _merge_granted(values: list[_Granted]) -> _Granted:

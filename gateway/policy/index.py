@@ -228,8 +228,8 @@ class _Automaton:
             component = parts[i]
             following = state.next.get(component)
             if following is None:
-                special = component in state.literals or any(
-                    globs.matches_any(component) for globs in state.globs
+                special = component in state.literals or bool(
+                    state.globs and any(globs.matches_any(component) for globs in state.globs)
                 )
                 if special:
                     following = self.state(_step(state.nodes, component))
