@@ -18,7 +18,12 @@ import pytest
 # when it happens to run first (tests/test_cli.py on its own did).
 import git  # noqa: F401  # isort: skip
 
-pytest_plugins = ["tests.support.fixtures", "tests.support.redis"]
+pytest_plugins = [
+    "tests.support.fixtures",
+    "tests.support.redis",
+    "tests.support.uistack",
+    "tests.support.browser",
+]
 
 REALWORLD = Path(__file__).resolve().parent / "realworld"
 

@@ -4,7 +4,6 @@ no serious or critical violation (contrast under WCAG AA's 4.5:1 among them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,11 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page
 
-from tests.support.browser import DESKTOP, PHONE, chromium, sign_in
+from tests.support.browser import DESKTOP, PHONE, sign_in
 from tests.support.catalog import basic, wait_until
-from tests.support.fixtures import OciImage
 from tests.support.gateway import Stack
 from tests.support.npm import npm_package
-from tests.support.uistack import PAGES, start_ui_stack
+from tests.support.uistack import PAGES
 
 AXE = ("axe-core", "4.10.2")
 SERIOUS = ("serious", "critical")
@@ -39,21 +37,6 @@ def axe() -> Path:
     return npm_package(*AXE) / "axe.min.js"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, oci_image: OciImage) -> Iterator[Stack]:
-    running = start_ui_stack(tmp_path_factory.mktemp("a11y-stack"), oci_image)
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
 def violations(page: Page, axe: Path) -> list[str]:
     """axe-core's serious and critical violations on the page as it is now."""
     page.add_script_tag(path=axe)  # the page's CSP allows no such script: bypassed below
@@ -71,10 +54,10 @@ LOOKS: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("viewer", list(PAGES), ids=lambda v: v or "anonymous")
 @pytest.mark.parametrize("look", list(LOOKS))
 def test_no_serious_violations_on_any_page(
-    browser: Browser, stack: Stack, axe: Path, viewer: str | None, look: str
+    browser: Browser, ui_stack: Stack, axe: Path, viewer: str | None, look: str
 ) -> None:
     options: dict[str, Any] = LOOKS[look]
-    context = browser.new_context(base_url=stack.gateway.url, bypass_csp=True, **options)
+    context = browser.new_context(base_url=ui_stack.gateway.url, bypass_csp=True, **options)
     problems: list[str] = []
     try:
         page = context.new_page()
@@ -89,17 +72,17 @@ def test_no_serious_violations_on_any_page(
 
 
 def test_the_admins_policy_banner_is_accessible_too(
-    browser: Browser, stack: Stack, axe: Path, tmp_path: Path
+    browser: Browser, ui_stack: Stack, axe: Path, tmp_path: Path
 ) -> None:
     """A rejected policy change: admins see the banner on every page, and it passes axe in
     both themes; a user sees none."""
-    broken = stack.gateway.policies / "zz-broken.yaml"
+    broken = ui_stack.gateway.policies / "zz-broken.yaml"
     broken.write_text("users: {mallory: {admin: maybe}}\n")
     try:
-        wait_until(lambda: _health(stack) == "degraded", what="the change rejected")
+        wait_until(lambda: _health(ui_stack) == "degraded", what="the change rejected")
         for scheme in ("light", "dark"):
             context = browser.new_context(
-                base_url=stack.gateway.url, bypass_csp=True, color_scheme=scheme
+                base_url=ui_stack.gateway.url, bypass_csp=True, color_scheme=scheme
             )
             try:
                 page = context.new_page()
@@ -115,11 +98,11 @@ def test_the_admins_policy_banner_is_accessible_too(
                 assert page.url.endswith("/-/status")
             finally:
                 context.close()
-        user = httpx.get(f"{stack.gateway.url}/?format=json", auth=basic("bob")).json()
+        user = httpx.get(f"{ui_stack.gateway.url}/?format=json", auth=basic("bob")).json()
         assert "policy_alert" not in user
     finally:
         broken.unlink()
-        wait_until(lambda: _health(stack) == "ok", what="the policy whole again")
+        wait_until(lambda: _health(ui_stack) == "ok", what="the policy whole again")
 
 
 def _health(stack: Stack) -> str:

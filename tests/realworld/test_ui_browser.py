@@ -16,7 +16,6 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.support.binaries import require
-from tests.support.browser import chromium
 from tests.support.catalog import IMAGES, push_all, wait_until
 from tests.support.clients import Skopeo
 from tests.support.fixtures import OciImage
@@ -60,12 +59,6 @@ def _all_indexed(stack: Stack) -> bool:
         and catalog["built"]
         and not catalog["last_error"]
     )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ screenshot in the test's temporary directory (its path is printed) for people to
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,29 +13,12 @@ from playwright.sync_api import Browser, ViewportSize
 from tests.support.browser import (
     DESKTOP,
     PHONE,
-    chromium,
     mid_word_breaks,
     sideways_overflow,
     sign_in,
 )
-from tests.support.fixtures import OciImage
 from tests.support.gateway import Stack
-from tests.support.uistack import GROUPED, PAGES, start_ui_stack
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, oci_image: OciImage) -> Iterator[Stack]:
-    running = start_ui_stack(tmp_path_factory.mktemp("phone-stack"), oci_image)
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
+from tests.support.uistack import GROUPED, PAGES
 
 
 def shot_name(viewer: str | None, width: int, path: str) -> str:
@@ -48,13 +30,16 @@ def shot_name(viewer: str | None, width: int, path: str) -> str:
 @pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["1280px", "390px"])
 def test_every_page_fits_and_wraps_between_words(
     browser: Browser,
-    stack: Stack,
+    ui_stack: Stack,
     tmp_path: Path,
     viewer: str | None,
     size: ViewportSize,
 ) -> None:
     context = browser.new_context(
-        base_url=stack.gateway.url, viewport=size, is_mobile=size == PHONE, has_touch=size == PHONE
+        base_url=ui_stack.gateway.url,
+        viewport=size,
+        is_mobile=size == PHONE,
+        has_touch=size == PHONE,
     )
     problems: list[str] = []
     try:
@@ -77,10 +62,10 @@ def test_every_page_fits_and_wraps_between_words(
     assert not problems, "\n".join(problems)
 
 
-def test_tables_become_cards_on_a_phone(browser: Browser, stack: Stack) -> None:
+def test_tables_become_cards_on_a_phone(browser: Browser, ui_stack: Stack) -> None:
     """Under 600 px each row is a card of labelled lines: the tags' row and its size stay
     readable without a table's columns."""
-    context = browser.new_context(base_url=stack.gateway.url, viewport=PHONE, is_mobile=True)
+    context = browser.new_context(base_url=ui_stack.gateway.url, viewport=PHONE, is_mobile=True)
     try:
         page = context.new_page()
         page.goto(f"/r/{GROUPED}")

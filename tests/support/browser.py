@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
 
 from .binaries import require
@@ -115,3 +116,10 @@ def mid_word_breaks(page: Page, selector: str = WORDS) -> list[str]:
     """The elements whose text wraps inside a word, as `tag.class: "text"`."""
     found: list[str] = page.evaluate(_MID_WORD, selector)
     return found
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the whole run (each test opens contexts of its own)."""
+    with chromium() as launched:
+        yield launched

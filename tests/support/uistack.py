@@ -4,9 +4,11 @@ attestation of it, all pushed with skopeo; a gateway that reads it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .catalog import IMAGES, basic, push_all, wait_until
 from .clients import Skopeo, ok
@@ -81,3 +83,13 @@ def _read(stack: Stack, oci_image: OciImage) -> bool:
         return False
     page = httpx.get(f"{stack.gateway.url}/r/{GROUPED}", params={"format": "json"}).json()
     return any(len(image["attached"]) == 2 for image in page["images"])
+
+
+@pytest.fixture(scope="session")
+def ui_stack(tmp_path_factory: pytest.TempPathFactory, oci_image: OciImage) -> Iterator[Stack]:
+    """One UI stack (start_ui_stack) for every browser test that only reads it."""
+    running = start_ui_stack(tmp_path_factory.mktemp("ui-stack"), oci_image)
+    try:
+        yield running
+    finally:
+        running.stop()
