@@ -37,7 +37,7 @@ system-packages:
 # The gates, in this order: formatting, lint, types, the example policy and its tests; then
 # pytest, the whole suite (test) or the fast tier alone, which starts no process (test-fast).
 test: system-packages lint typecheck check
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 test-fast: lint typecheck check
 	$(BIN)/python -m pytest -m "not realworld" $(PYTEST_ARGS)
