@@ -180,3 +180,26 @@ def test_secrets_come_from_the_environment_or_a_file(tmp_path: Path) -> None:
     path.write_text("")
     with pytest.raises(SecretUnavailable, match="is empty"):
         read_secret(from_file, {})
+
+
+def test_check_reports_webhook_problems_with_the_rest_of_the_policy(tmp_path: Path) -> None:
+    from gateway.policy.check import check_directory
+
+    (tmp_path / "hooks.yaml").write_text(
+        GOOD.replace("secret_env: DEPLOY_HOOK_SECRET", "secret: x")
+    )
+    report = check_directory(tmp_path)
+    assert not report.ok
+    problems = [str(p) for p in report.problems]
+    where = tmp_path / "hooks.yaml"
+    assert any(p.startswith(f"{where}:6:5: error: webhook 'deploy': a secret") for p in problems)
+    assert any(
+        p.startswith(f"{where}:2:3: error: webhook 'deploy': needs exactly one") for p in problems
+    )
+
+
+def test_the_loaded_policy_carries_its_webhooks() -> None:
+    from gateway.policy.load import load_texts
+
+    policy = load_texts({"a.yaml": GOOD}).policy
+    assert [w.name for w in policy.webhooks] == ["deploy", "security"]
