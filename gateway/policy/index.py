@@ -224,8 +224,7 @@ class _Automaton:
     def run(self, parts: list[str], start: int) -> object | None:
         """The merged value of every pattern matching `parts[start:]`, or None."""
         state = self.start
-        for i in range(start, len(parts)):
-            component = parts[i]
+        for component in parts[start:] if start else parts:
             following = state.next.get(component)
             if following is None:
                 special = component in state.literals or bool(
@@ -295,6 +294,8 @@ class PatternIndex(Generic[T, V]):
         self._value = value
         self._merge = merge
         self._compiled: dict[str, _Automaton] = {}
+        self._floats = any(FLOATING in part for part in self._parts)
+        self._floating: _Automaton | None = None  # compiled on first use
         # First components no pattern starts with, as names met them (bounded: any name may
         # be asked for); saves looking through every part again.
         self._absent: dict[str, None] = {}
@@ -349,7 +350,9 @@ class PatternIndex(Generic[T, V]):
             value = anchored.run(parts, 1)
             if value is not None:
                 out.append(value)  # type: ignore[arg-type]
-        floating = self._automaton(FLOATING)
+        floating = self._floating
+        if floating is None and self._floats:
+            floating = self._floating = self._automaton(FLOATING)
         if floating is not None:
             value = floating.run(parts, 0)
             if value is not None:
