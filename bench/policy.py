@@ -27,7 +27,7 @@ Targets (issue 16), each PASS or MISS: at each size, a decision with wildcards c
 and peak RSS under 1 GB at each size; a one-file edit enforced in under 1 s. The exit status
 is 0 either way. The machine is shared: run it pinned and more than once.
 
-    taskset -c 1 .venv/bin/python -m bench.policy               # both sizes, about 5 minutes
+    taskset -c 1 .venv/bin/python -m bench.policy               # both sizes, about 10 minutes
     .venv/bin/python -m bench.policy --scale 1 --seconds 1      # the base size only
     .venv/bin/python -m bench.policy --users 2000 --grants 5000 --scale 1
     .venv/bin/python -m bench.policy --profile                  # where the base load spends time
