@@ -212,6 +212,9 @@ REDIS_URL_INVALID = (
 )
 
 
+REDIS_TIMEOUT = 3.0  # seconds; see throttle_for
+
+
 def throttle_for(settings: Settings) -> LockStore:
     """Where failures are counted: Redis (every replica), an SQLite file in the data dir (the
     workers of one host), or this process's memory (one worker)."""
@@ -223,8 +226,14 @@ def throttle_for(settings: Settings) -> LockStore:
         from gateway.auth.redislockout import RedisLockStore
 
         try:
+            # Every call that times out fails open (the try is not throttled): a gateway made
+            # slow by load (its event loop late to read replies, its pool opening connections
+            # for a burst) must not turn into one that counts nothing. A Redis that is down
+            # refuses connections at once, whatever the timeout.
             client = aioredis.from_url(
-                settings.redis_url.reveal(), socket_timeout=0.5, socket_connect_timeout=0.5
+                settings.redis_url.reveal(),
+                socket_timeout=REDIS_TIMEOUT,
+                socket_connect_timeout=REDIS_TIMEOUT,
             )
         except ValueError:  # its message may quote the URL, and so part of the password
             raise ConfigError(REDIS_URL_INVALID) from None

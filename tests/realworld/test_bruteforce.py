@@ -5,10 +5,13 @@ the SQLite file two workers share, or in Redis shared by two replicas."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+from gateway.auth.lockout import EPOCH_INTERVAL
 
 from tests.support.gateway import PASSWORDS, Gateway, start_gateway
 from tests.support.redis import RedisServer
@@ -67,7 +70,24 @@ def test_two_replicas_share_their_counts_through_redis(
     env = {"REGISTRY_GATEWAY_REDIS_URL": redis_server.url}
     replicas = [start_gateway(tmp_path / name, env=env) for name in ("one", "two")]
     try:
-        assert_at_most_the_limit_checked(guess_at_once(replicas))
+        answers = guess_at_once(replicas)
+        assert_at_most_the_limit_checked(answers)
+        # If the right password was among those checked, it cleared dave's count from this
+        # address (a success does): the guessing goes on, on one replica, until the lock.
+        for attempt in range(LIMIT + 1):
+            guess = httpx.get(
+                f"{replicas[0].url}/auth/token",
+                params={"service": replicas[0].service},
+                auth=("dave", f"more-{attempt}"),
+                headers={"X-Forwarded-For": ATTACKER},
+                timeout=30,
+            )
+            if guess.status_code == 429:
+                break
+        assert guess.status_code == 429, answers
+        # A replica that checked dave's right password remembers it until it reads the shared
+        # lockout epoch again (every EPOCH_INTERVAL): after that, the lock holds there too.
+        time.sleep(4 * EPOCH_INTERVAL)
         # The attacker's address is refused dave on both; dave, elsewhere, is not.
         for replica in replicas:
             refused = httpx.get(
