@@ -15,7 +15,7 @@ from typing import Any
 from gateway.catalog.attachments import is_attachment
 from gateway.catalog.index import CatalogIndex, Repository
 from gateway.policy.engine import Engine
-from gateway.policy.model import PULL, Subject
+from gateway.policy.model import Subject
 from gateway.policy.patterns import namespace_of
 
 
@@ -115,7 +115,7 @@ class VisibilityCache:
         self._pull.move_to_end(key)
         for name in repositories:
             if name not in memo:
-                memo[name] = engine.repository_rights(subject, name)[PULL][0]
+                memo[name] = engine.may_pull(subject, name)  # no reasons built
         names = sorted(name for name in repositories if memo[name])
         by_namespace: dict[str, list[str]] = {}
         for name in names:
