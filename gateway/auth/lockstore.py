@@ -38,6 +38,7 @@ from gateway.auth.lockout import (
 log = logging.getLogger("registry_gateway.lockout")
 T = TypeVar("T")
 
+OPEN_TRIES = 100  # tries to switch a new file to WAL while another worker does (0.02 s apart)
 SWEEP_EVERY = 60.0  # seconds between deletions of rows that hold nothing any more
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS lockout "
@@ -97,7 +98,16 @@ class SqliteLockStore:
             self.path, timeout=5.0, isolation_level=None, check_same_thread=False
         )
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
+            # Workers opening a new file at once: switching it to WAL takes a lock that
+            # SQLite's busy timeout does not always wait for ("database is locked" at once).
+            for attempt in range(OPEN_TRIES):
+                try:
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == OPEN_TRIES - 1:
+                        raise
+                    time.sleep(0.02)
             connection.execute("PRAGMA synchronous=OFF")  # counts, not records to keep
             connection.execute(_SCHEMA)
             connection.execute(_EPOCH_SCHEMA)
