@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.catalog.registry import INDEX_TYPES, is_digest, is_tag
+from gateway.catalog.index import Event as RegistryEvent
+from gateway.catalog.registry import INDEX_TYPES
 from gateway.policy.patterns import is_repository_name
 from gateway.policy.webhooks import EVENT_TYPES
 
@@ -93,21 +94,11 @@ def from_registry(
     """The event a registry notification event reports, or None: not well-formed, or not
     one of ours (pulls, blob uploads, mounts). The id is derived from the registry's own
     event id, so an envelope the registry sends again (to another replica) is one event."""
-    if not isinstance(raw, Mapping):
+    seen = RegistryEvent.read(raw)  # the catalog's one reading of a registry event
+    if seen is None:
         return None
-    action, target = raw.get("action"), raw.get("target")
-    if not isinstance(action, str) or not isinstance(target, Mapping):
-        return None
-    name, tag, digest = target.get("repository"), target.get("tag"), target.get("digest")
-    media_type = target.get("mediaType") or ""
-    if (
-        not isinstance(name, str)
-        or not is_repository_name(name)
-        or not (tag is None or is_tag(tag))
-        or not (digest is None or is_digest(digest))
-        or not isinstance(media_type, str)
-    ):
-        return None
+    action, name, tag, digest = seen.action, seen.repository, seen.tag, seen.digest
+    media_type, target = seen.media_type, raw["target"]
     if action == "push" and is_manifest(media_type):
         kind = "image.pushed"
     elif action == "delete" and tag:
