@@ -494,6 +494,34 @@ def test_status_page(ui: UI) -> None:
     assert data["registry"]["state"] == "ok"
 
 
+@pytest.mark.parametrize("viewer", ["alice", "carol"])  # an admin, and someone who is not
+def test_status_page_renders_for_admins_and_others(ui: UI, viewer: str) -> None:
+    client = ui[0]
+    sign_in(client, viewer)
+    page = client.get("/-/status")
+    assert page.status_code == 200
+    assert "Catalog index" in page.text
+
+
+def test_a_bug_in_a_page_is_an_html_500_that_gives_nothing_away(
+    ui: UI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, gateway, _ = ui
+    sign_in(client, "alice")
+
+    def broken() -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(gateway.catalog, "status", broken)
+    page = client.get("/-/status")
+    assert page.status_code == 500
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<title>" in page.text and "secret detail" not in page.text
+    assert page.headers["x-request-id"] in page.text
+    twin = client.get("/-/status?format=json")
+    assert twin.status_code == 500 and twin.json()["error"] == "internal"
+
+
 def test_registry_down_shows_a_banner_with_the_last_known_data(ui: UI) -> None:
     client, gateway, fake = ui
     fake.down = True

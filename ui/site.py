@@ -8,6 +8,7 @@ where a page needs it, and adds the cookie, timing and security headers.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -37,6 +38,8 @@ from ui.session import (
 )
 from ui.templating import make_templates
 from ui.visibility import Summaries, VisibilityCache, VisibleCatalog
+
+errors = logging.getLogger("registry_gateway")
 
 T = TypeVar("T")
 View = Callable[["Site", Request, "Viewer"], Awaitable[Response]]
@@ -217,13 +220,30 @@ class Site:
                         request, viewer, 403, "forbidden", "Only admins may use this page."
                     )
                 else:
-                    response = await view(self, request, viewer)
+                    response = await self._view(view, request, viewer)
             self._finish(request, response, started)
             return response
 
         endpoint.__name__ = view.__name__
         endpoint.__doc__ = view.__doc__
         return endpoint
+
+    async def _view(self, view: View, request: Request, viewer: Viewer) -> Response:
+        """The view's answer; a bug in it is logged and shown as an HTML (or JSON) 500 page."""
+        try:
+            return await view(self, request, viewer)
+        except Exception:
+            rid = getattr(request.state, "request_id", "-")
+            errors.exception(
+                "unhandled error on %s %s",
+                request.method,
+                request.url.path,
+                extra={"request_id": rid},
+            )
+            message = (
+                f"Something went wrong on our side; the server log has the details (request {rid})."
+            )
+            return self.error(request, viewer, 500, "internal", message)
 
     def _finish(self, request: Request, response: Response, started: float) -> None:
         session: Session | None = getattr(request.state, "ui_session", None)
