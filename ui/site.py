@@ -26,6 +26,7 @@ from gateway.auth.identity import ANONYMOUS, AuthenticationFailed, Identity
 from gateway.health import health
 from gateway.policy.engine import Engine
 from gateway.policy.model import REPOSITORY_ACTIONS, Subject
+from gateway.responses import BodyTooLarge
 from gateway.services import Services
 from ui.session import (
     COOKIE,
@@ -232,6 +233,8 @@ class Site:
         """The view's answer; a bug in it is logged and shown as an HTML (or JSON) 500 page."""
         try:
             return await view(self, request, viewer)
+        except BodyTooLarge:  # LimitBody's to answer (413), not a bug
+            raise
         except Exception:
             rid = getattr(request.state, "request_id", "-")
             errors.exception(
