@@ -221,3 +221,37 @@ def test_a_large_policy_reshuffled_is_no_change_and_one_edit_is_found() -> None:
         ("visibility", ns),
         ("anonymous-pull", f"{ns}/**"),
     ]
+
+
+def test_webhooks_added_moved_and_removed_need_attention() -> None:
+    base = "namespaces:\n  library: {visibility: public}\n"
+    hook = (
+        "webhooks:\n  {name}:\n    url: {url}\n    events: [image.pushed]\n"
+        "    repositories: ['library/**']\n    secret_env: HOOK_SECRET\n"
+    )
+    old = load_texts(
+        {
+            "p/a.yaml": base,
+            "p/h.yaml": hook.format(name="deploy", url="https://ci.example.com/hook")
+            + hook.format(name="chat", url="https://chat.example.com/hook")[len("webhooks:\n") :],
+        },
+        revision="old",
+    ).policy
+    new = load_texts(
+        {
+            "p/a.yaml": base,
+            "p/h.yaml": hook.format(name="deploy", url="https://elsewhere.example.net/hook")
+            + hook.format(name="audit", url="https://audit.example.com/in")[len("webhooks:\n") :],
+        },
+        revision="new",
+    ).policy
+    notices = {(n.kind, n.name, n.change) for n in diff_policies(old, new).attention}
+    assert notices >= {
+        ("webhook", "webhook:deploy", "changed"),
+        ("webhook", "webhook:chat", "removed"),
+        ("webhook", "webhook:audit", "added"),
+    }
+    text = render_markdown(diff_policies(old, new))
+    assert "https://elsewhere.example.net/hook" in text
+    assert "secret from env HOOK_SECRET" in text
+    assert not [n for n in diff_policies(old, old).attention if n.kind == "webhook"]

@@ -33,6 +33,7 @@ from gateway.policy.model import (
     Role,
     Subject,
     Visibility,
+    Webhook,
     Workload,
     stronger,
 )
@@ -111,7 +112,8 @@ class TeamChange:
 class Notice:
     """Something a reviewer must see first.
 
-    kind: admin, user, robot, visibility, anonymous-pull, restriction or settings.
+    kind: admin, user, robot, workload, webhook, visibility, anonymous-pull, restriction or
+    settings.
     change: added, removed or changed (anonymous-pull: gained or lost).
     """
 
@@ -520,6 +522,13 @@ def _attention(old: Policy, new: Policy, anonymous: Iterable[Change]) -> list[No
         if bound[0] != bound[1]:
             change = "changed" if all(bound) else "added" if bound[1] else "removed"
             out.append(Notice("workload", f"workload:{name}", change, bound[0], bound[1]))
+    hooks = [{w.name: w for w in p.webhooks} for p in (old, new)]
+    for name in sorted(hooks[0].keys() | hooks[1].keys()):
+        # Where events go: a new or moved webhook sends pushes and refusals to another system.
+        sent = [_subscription(h.get(name)) for h in hooks]
+        if sent[0] != sent[1]:
+            change = "changed" if all(sent) else "added" if sent[1] else "removed"
+            out.append(Notice("webhook", f"webhook:{name}", change, sent[0], sent[1]))
     visibility = [old.settings.global_namespace, new.settings.global_namespace]
     if visibility[0] != visibility[1]:
         out.append(Notice("visibility", "*", "changed", visibility[0].value, visibility[1].value))
@@ -549,6 +558,17 @@ def _binding(workload: Workload | None) -> str | None:
     only = f"; only {', '.join(workload.only)}" if workload.only is not None else ""
     expires = f"; expires {workload.expires}" if workload.expires else ""
     return f"{workload.issuer} aud={workload.audience}: {claims}{only}{expires}"
+
+
+def _subscription(webhook: Webhook | None) -> str | None:
+    """Which events a webhook sends where, as one line: URL, events, repositories, format,
+    and where its secret comes from (the name of the variable or file, never the secret)."""
+    if webhook is None:
+        return None
+    events = ", ".join(sorted(webhook.events))
+    on = f" on {', '.join(webhook.repositories)}" if webhook.repositories else ""
+    secret = f"env {webhook.secret_env}" if webhook.secret_env else f"file {webhook.secret_file}"
+    return f"{webhook.url}: {events}{on} ({webhook.format}; secret from {secret})"
 
 
 def _restriction_notices(old: Policy, new: Policy) -> list[Notice]:

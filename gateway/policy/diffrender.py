@@ -73,6 +73,12 @@ def notice_text(notice: Notice, code: Callable[[str], str] = str) -> str:
         return (
             f"workload {name} takes other CI jobs: {code(n.before or '')} → {code(n.after or '')}"
         )
+    if n.kind == "webhook":
+        if n.change == "added":
+            return f"new webhook {name} sends events out: {code(n.after or '')}"
+        if n.change == "removed":
+            return f"webhook {name} is removed: it sent {code(n.before or '')}"
+        return f"webhook {name} changes: {code(n.before or '')} → {code(n.after or '')}"
     return f"{n.kind} {name} {n.change}"  # pragma: no cover
 
 
