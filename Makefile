@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test test-fast lint typecheck check clean system-packages
+.PHONY: run test test-fast lint typecheck check clean system-packages bench-packages
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: $(RUN_STAMP)
 # missing and running as root; otherwise this stops at once with the command to run.
 system-packages:
 	bash scripts/system-packages.sh test
+
+# The same, and the bench-only ones (wrk) that bench/ uses.
+bench-packages:
+	bash scripts/system-packages.sh bench
 
 # The gates, in this order: formatting, lint, types, the example policy and its tests; then
 # pytest, the whole suite (test) or the fast tier alone, which starts no process (test-fast).

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Install the system packages of scripts/system-packages.txt that are missing (only those whose
-# tier is asked for: `test` for all of them, `run` for what `make run` needs).
+# tier is asked for: `test` for what the tests drive, `run` for what `make run` needs, `bench`
+# for both and the bench-only ones).
 # As root, through apt; otherwise print the one command that would do it, and fail.
 set -euo pipefail
 tier="${1:-test}"
 list="$(dirname "$0")/system-packages.txt"
 run_needs=" docker-registry "
+bench_only=" wrk "
 
 missing=()
 while read -r command package _; do
     case "$command" in '' | '#'*) continue ;; esac
     if [ "$tier" = run ] && [[ "$run_needs" != *" $command "* ]]; then continue; fi
+    if [ "$tier" != bench ] && [[ "$bench_only" == *" $command "* ]]; then continue; fi
     if command -v "$command" >/dev/null || [ -x "/usr/sbin/$command" ]; then continue; fi
     missing+=("$package")
 done <"$list"
