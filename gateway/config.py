@@ -438,6 +438,13 @@ FIELDS: tuple[Field, ...] = (
         "the longest lifetime a CLI secret made in the UI may have",
     ),
     Field(
+        "oidc_cli_secret_recheck",
+        10.0,
+        _duration,
+        "how long the provider's answer stands for a CLI secret (group changes take this long; "
+        "0 asks the provider on every use)",
+    ),
+    Field(
         "oidc_ci_issuers",
         "",
         _issuers,
@@ -577,6 +584,7 @@ class Settings:
     oidc_admin_group: str | None
     oidc_hide_password_form: bool
     oidc_cli_secret_max_ttl: float
+    oidc_cli_secret_recheck: float
     oidc_ci_issuers: str
     webhook_queue_size: int
     webhook_timeout: float

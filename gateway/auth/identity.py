@@ -272,12 +272,14 @@ class Authenticator:
         workloads: Workloads | None = None,
         people: People | None = None,
         cli_secrets: CliSecrets | None = None,
+        cli_secret_recheck: float = RECHECK_SECONDS,
     ) -> None:
         self.htpasswd = htpasswd
         self.ldap = ldap
         self.workloads = workloads
         self.people = people
         self.cli_secrets = cli_secrets
+        self.cli_secret_recheck = cli_secret_recheck
         # CLI secrets the provider vouched for lately: id -> (monotonic time, groups).
         self._rechecked: BoundedCache[str, tuple[float, frozenset[str]]] = BoundedCache(10000)
         self.cache = cache if cache is not None else VerificationCache(300)
@@ -325,6 +327,7 @@ class Authenticator:
             workloads=workloads,
             people=people,
             cli_secrets=cli_secrets,
+            cli_secret_recheck=settings.oidc_cli_secret_recheck,
         )
 
     @property
@@ -395,7 +398,8 @@ class Authenticator:
 
     async def _cli_secret(self, engine: Engine, secret: str) -> Identity:
         """A person's CLI secret: its owner, with the groups the provider gives them now
-        (asked at most every RECHECK_SECONDS when the secret keeps a refresh token)."""
+        (asked at most every `cli_secret_recheck` seconds when the secret keeps a refresh
+        token; 0: on every use)."""
         assert self.cli_secrets is not None
         try:
             record = await self.cli_secrets.check(secret)
@@ -408,7 +412,7 @@ class Authenticator:
         refresh = cli_refresh_token(record, secret)
         if refresh is not None and self.people is not None:
             cached = self._rechecked.get(record.id)
-            if cached is not None and now - cached[0] < RECHECK_SECONDS:
+            if cached is not None and now - cached[0] < self.cli_secret_recheck:
                 checked, groups = cached
             else:
                 try:
@@ -431,7 +435,7 @@ class Authenticator:
             raise AuthenticationFailed("CLI secret of a robot's name", record.user)
         directory = record.user not in engine.policy.users
         subject = Subject("user", record.user, directory=directory, oidc_groups=groups)
-        until = (checked + RECHECK_SECONDS) if checked is not None else None
+        until = (checked + self.cli_secret_recheck) if checked is not None else None
         left = record.expires - time.time()
         return Identity(
             subject,
