@@ -8,9 +8,11 @@ real `People.refresh` talks to a `CiIssuer` and a token endpoint through mock tr
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import types
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
@@ -193,6 +195,8 @@ class Provider:
         self.groups = frozenset(groups)
         self.tokens: list[str] = []
         self.refusing = False
+        self.rotating = False  # each refresh answers with a new token and spends the old one
+        self.spent: set[str] = set()
 
     @property
     def calls(self) -> int:
@@ -200,8 +204,11 @@ class Provider:
 
     async def refresh(self, refresh_token: str) -> Person:
         self.tokens.append(refresh_token)
-        if self.refusing:
+        if self.refusing or refresh_token in self.spent:
             raise OidcRefused("the provider refused the refresh (invalid_grant)", ISSUER)
+        if self.rotating:
+            self.spent.add(refresh_token)
+            refresh_token = f"rotated-{len(self.tokens)}"
         return Person(self.name, self.groups, time.time() + 300, "sub-dana", refresh_token)
 
 
@@ -256,6 +263,25 @@ def test_with_recheck_zero_every_use_asks_and_a_dropped_group_is_lost_at_once(
         assert provider.calls == 2
         assert second.subject.oidc_groups == {"readers"}
         assert engine().granted(second.subject, "repository", "acme/app", ["pull"]) == ()
+
+    asyncio.run(scenario())
+
+
+def test_a_refresh_token_the_provider_rotates_is_kept_for_the_next_use(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        provider = Provider("dana", DEVS)
+        provider.rotating = True
+        auth = authenticator(tmp_path, provider, recheck=0)
+        assert auth.cli_secrets is not None
+        secret, record = await auth.cli_secrets.create("dana", "laptop", DAY, DEVS, REFRESH)
+        await sign_in(auth, secret, 3)  # each use spends the token the one before was given
+        assert provider.tokens == [REFRESH, "rotated-1", "rotated-2"]
+        stored = await auth.cli_secrets.store.get(record.id)
+        assert stored is not None and REFRESH not in json.dumps(asdict(stored))
+        # A secret revoked meanwhile stays revoked: keeping a rotated token brings nothing back.
+        assert await auth.cli_secrets.revoke("dana", record.id)
+        await auth.cli_secrets.keep_refresh(record, secret, "rotated-9")
+        assert await auth.cli_secrets.store.get(record.id) is None
 
     asyncio.run(scenario())
 

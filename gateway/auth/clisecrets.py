@@ -109,6 +109,9 @@ def opened(record: CliSecret, secret: str) -> str | None:
 class Store(Protocol):
     async def put(self, record: CliSecret) -> None: ...
 
+    async def update(self, record: CliSecret) -> None:
+        """Replace a record that is still there (a revoked one stays revoked)."""
+
     async def get(self, ident: str) -> CliSecret | None: ...
 
     async def of(self, user: str) -> list[CliSecret]: ...
@@ -151,6 +154,12 @@ class SqliteStore:
             (record.id, record.user, record.expires, json.dumps(asdict(record))),
         )
 
+    async def update(self, record: CliSecret) -> None:
+        self._conn().execute(
+            "UPDATE cli_secrets SET data = ? WHERE id = ?",
+            (json.dumps(asdict(record)), record.id),
+        )
+
     async def get(self, ident: str) -> CliSecret | None:
         row = self._conn().execute("SELECT data FROM cli_secrets WHERE id = ?", (ident,)).fetchone()
         return _load(row[0]) if row else None
@@ -182,6 +191,11 @@ class RedisStore:
         key = f"{self.prefix}id:{record.id}"
         await self.client.set(key, json.dumps(asdict(record)).encode(), ex=ttl)
         await self.client.sadd(f"{self.prefix}user:{record.user}", record.id)
+
+    async def update(self, record: CliSecret) -> None:
+        key = f"{self.prefix}id:{record.id}"
+        data = json.dumps(asdict(record)).encode()
+        await self.client.set(key, data, xx=True, keepttl=True)
 
     async def get(self, ident: str) -> CliSecret | None:
         found = await self.client.get(f"{self.prefix}id:{ident}")
@@ -235,6 +249,14 @@ class CliSecrets:
 
     async def revoke(self, user: str, ident: str) -> bool:
         return await self.store.delete(user, ident)
+
+    async def keep_refresh(self, record: CliSecret, secret: str, refresh: str) -> CliSecret:
+        """Keep the refresh token the provider rotated to (sealed with the secret, as at
+        creation): providers that rotate refuse the old one at its next use."""
+        sealed = _box(secret).encrypt(refresh.encode()).decode()
+        updated = CliSecret(**{**asdict(record), "refresh": sealed})
+        await self.store.update(updated)
+        return updated
 
     async def check(self, secret: str) -> CliSecret:
         """The record of a right, unexpired secret; CliSecretError otherwise."""

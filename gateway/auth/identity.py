@@ -429,6 +429,8 @@ class Authenticator:
                     raise AuthenticationFailed(
                         f"CLI secret {record.id}: the provider names another user", record.user
                     )
+                if person.refresh_token is not None and person.refresh_token != refresh:
+                    await self.cli_secrets.keep_refresh(record, secret, person.refresh_token)
                 checked, groups = now, person.groups
                 self._rechecked.put(record.id, (now, groups))
         if record.user in engine.policy.robots:
