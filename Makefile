@@ -40,11 +40,16 @@ bench-packages:
 
 # The gates, in this order: formatting, lint, types, the example policy and its tests; then
 # pytest, the whole suite (test) or the fast tier alone, which starts no process (test-fast).
+# PYTEST_WORKERS processes (pytest-xdist) share the tests, a test module to one process: most
+# end-to-end tests wait on real processes, so two workers fit CI's two cores. PYTEST_WORKERS=0
+# runs everything in one process.
+PYTEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile)
 test: system-packages lint typecheck check
-	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 test-fast: lint typecheck check
-	$(BIN)/python -m pytest -m "not realworld" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not realworld" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -13,6 +13,7 @@ import httpx
 
 from gateway.auth.lockout import EPOCH_INTERVAL
 
+from tests.support.catalog import wait_until
 from tests.support.gateway import PASSWORDS, Gateway, start_gateway
 from tests.support.redis import RedisServer
 
@@ -86,18 +87,24 @@ def test_two_replicas_share_their_counts_through_redis(
                 break
         assert guess.status_code == 429, answers
         # A replica that checked dave's right password remembers it until it reads the shared
-        # lockout epoch again (every EPOCH_INTERVAL): after that, the lock holds there too.
+        # lockout epoch again (every EPOCH_INTERVAL; tests/realworld/test_redis_lockout.py
+        # measures that bound): after that, the lock holds there too. Here the bound is
+        # looser, as CI's two cores run other tests meanwhile.
         time.sleep(4 * EPOCH_INTERVAL)
         # The attacker's address is refused dave on both; dave, elsewhere, is not.
         for replica in replicas:
-            refused = httpx.get(
-                f"{replica.url}/auth/token",
-                params={"service": replica.service},
-                auth=("dave", PASSWORDS["dave"]),
-                headers={"X-Forwarded-For": ATTACKER},
-                timeout=30,
-            )
-            assert refused.status_code == 429
+
+            def refused_there(replica: Gateway = replica) -> bool:
+                answer = httpx.get(
+                    f"{replica.url}/auth/token",
+                    params={"service": replica.service},
+                    auth=("dave", PASSWORDS["dave"]),
+                    headers={"X-Forwarded-For": ATTACKER},
+                    timeout=30,
+                )
+                return answer.status_code == 429
+
+            wait_until(refused_there, timeout=5, what="dave locked out of the attacker's address")
             assert replica.token("dave").status_code == 200  # from 127.0.0.1
     finally:
         for replica in replicas:

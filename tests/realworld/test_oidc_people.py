@@ -4,6 +4,7 @@ person would, the Docker CLI and skopeo with the CLI secret made in the UI."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,9 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from tests.support.browser import chromium
 from tests.support.clients import DockerCLI, Skopeo, ok
 from tests.support.fixtures import OciImage
 from tests.support.gateway import Stack, jwt_parts, refused, start_stack
@@ -93,12 +93,13 @@ def test_a_person_signs_in_and_pushes_with_a_cli_secret_until_the_group_is_gone(
     skopeo: Skopeo,
     oci_image: OciImage,
     tmp_path: Path,
+    browser: Browser,
 ) -> None:
     stack, provider = setup
     gateway = stack.gateway.url
     ok(skopeo.copy(oci_image.ref("v1"), stack.ref("builds/app:v0"), dest_creds=SEEDER))
-    with chromium() as browser:
-        page = browser.new_page(base_url=gateway)
+    with contextlib.closing(browser.new_context(base_url=gateway)) as context:
+        page = context.new_page()
         sign_in_at_provider(page, gateway, "dana")
         # What the groups allow: push to builds/ through team builders.
         page.goto(f"{gateway}/-/explain/r/builds/app?format=json")

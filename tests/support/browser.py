@@ -118,8 +118,10 @@ def mid_word_breaks(page: Page, selector: str = WORDS) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the whole run (each test opens contexts of its own)."""
+    """One headless Chromium per test module (each test opens contexts of its own). Not one
+    per run: Playwright's sync API keeps an event loop running in the main thread while it
+    lives, where tests of other modules (in the same pytest-xdist worker) call asyncio.run."""
     with chromium() as launched:
         yield launched
