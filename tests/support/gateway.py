@@ -86,7 +86,9 @@ class Gateway:
         ]
 
     def start(self) -> None:
-        env = {**os.environ, **self.env}
+        # No drain on SIGTERM unless a test asks for one (--drain-seconds or this variable):
+        # every stop would otherwise wait the default 5 s, minutes over the suite.
+        env = {"REGISTRY_GATEWAY_DRAIN_SECONDS": "0", **os.environ, **self.env}
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=log, env=env, cwd=REPO
