@@ -449,8 +449,9 @@ def notification_problems(settings: Settings, config: RegistryConfig) -> list[Pr
         return [
             Problem(
                 f"{config.path} has no notifications endpoint for the gateway "
-                "(<gateway>/-/notifications): the catalog sees pushes only at its next full "
-                "re-read (catalog_refresh)",
+                "(<gateway>/-/notifications): the catalog sees pushes only at its next "
+                "refresh (catalog_refresh) and moved tags at its next full re-read "
+                "(catalog_full_refresh)",
                 "add the notifications section `registry-gateway registry-config` prints, "
                 f"with the secret in place of {PLACEHOLDER}, {restart}",
             )
