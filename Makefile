@@ -40,16 +40,19 @@ bench-packages:
 
 # The gates, in this order: formatting, lint, types, the example policy and its tests; then
 # pytest, the whole suite (test) or the fast tier alone, which starts no process (test-fast).
-# PYTEST_WORKERS processes (pytest-xdist) share the tests, a test module to one process: most
-# end-to-end tests wait on real processes, so two workers fit CI's two cores. PYTEST_WORKERS=0
-# runs everything in one process.
+# PYTEST_WORKERS processes (pytest-xdist) share the tests, in make test a test module to one
+# process: most end-to-end tests wait on real processes, so two workers fit CI's two cores.
+# PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile)
+# The fast tier has no costly module fixtures: its tests are shared one by one (--dist load).
+FAST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist load)
 test: system-packages lint typecheck check
 	$(BIN)/python -m pytest $(XDIST) --durations=15 $(PYTEST_ARGS)
 
+# The fast tier also generates fewer examples in its property and fuzz tests than make test.
 test-fast: lint typecheck check
-	$(BIN)/python -m pytest $(XDIST) -m "not realworld" $(PYTEST_ARGS)
+	PROPERTY_EXAMPLES=30 FUZZ_EXAMPLES=100 $(BIN)/python -m pytest $(FAST_XDIST) -m "not realworld" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from hypothesis import settings
 
 # GitPython runs `git version` once, when it is first imported: do that here, before any
 # test's guard, so that a fast test importing policy code that uses git does not fail only
@@ -26,6 +27,12 @@ pytest_plugins = [
 ]
 
 REALWORLD = Path(__file__).resolve().parent / "realworld"
+
+# `make test-fast` sets PROPERTY_EXAMPLES: property tests without settings of their own then
+# generate that many examples instead of hypothesis's 100 (make test keeps the default).
+if os.environ.get("PROPERTY_EXAMPLES"):
+    settings.register_profile("fast-tier", max_examples=int(os.environ["PROPERTY_EXAMPLES"]))
+    settings.load_profile("fast-tier")
 
 # Every way a process is started: subprocess (and through it asyncio, GitPython and shutil's
 # helpers), multiprocessing (fork_exec, fork) and the os module's own.
