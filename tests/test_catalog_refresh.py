@@ -6,6 +6,7 @@ tests/realworld/test_catalog_requests.py counts them in the real registry's acce
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Iterator
@@ -347,3 +348,21 @@ def test_a_registry_failing_part_way_leaves_the_index_as_it_was(
     registry.broken.clear()
     refresh(catalog, registry)
     assert "v3" in catalog.repositories["team/app-0"].tags and catalog.last_error is None
+
+
+def test_an_unreadable_manifest_leaves_out_its_tag_not_the_refresh(
+    catalog: CatalogIndex, registry: FakeRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    refresh(catalog, registry)
+    garbage = b"<html>not a manifest</html>"
+    digest = "sha256:" + hashlib.sha256(garbage).hexdigest()
+    registry.manifests[digest] = (OCI_MANIFEST, garbage)
+    registry.tag("team/app-2", "broken", digest)
+    registry.tag("team/app-4", "v3", registry.image("app-4:v3"))
+    with caplog.at_level(logging.WARNING, logger="registry_gateway.catalog"):
+        assert asyncio.run(catalog.refresh()) is True
+    assert catalog.last_error is None
+    assert "v3" in catalog.repositories["team/app-4"].tags  # the pass went on
+    assert "broken" not in catalog.repositories["team/app-2"].tags
+    assert "v1" in catalog.repositories["team/app-2"].tags
+    assert any(f"team/app-2:{digest}" in r.getMessage() for r in caplog.records)

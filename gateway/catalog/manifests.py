@@ -10,6 +10,7 @@ built from one base share their config's records and equal layer lists.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,7 +19,9 @@ from typing import Any, TypeVar
 
 from gateway.catalog.model import Layer, Manifest, Platform, Step, utc_seconds
 from gateway.catalog.progress import Progress
-from gateway.catalog.registry import INDEX_TYPES, RegistryClient, is_digest
+from gateway.catalog.registry import INDEX_TYPES, ManifestUnreadable, RegistryClient, is_digest
+
+log = logging.getLogger("registry_gateway.catalog")
 
 T = TypeVar("T")
 MAX_PLATFORMS = 256  # entries of one image index read (multi-platform images have a few)
@@ -186,7 +189,7 @@ class ManifestReader:
         """Read the tag's manifest (which says its digest too); None when the tag is gone."""
         async with self.gate:
             self.progress.manifests += 1
-            found = await self.client.manifest(repository, tag)
+            found = await self._manifest(repository, tag)
         if found is None:
             return None
         digest, media_type, body = found
@@ -212,10 +215,28 @@ class ManifestReader:
     async def _read(self, repository: str, digest: str) -> Manifest | None:
         async with self.gate:
             self.progress.manifests += 1
-            found = await self.client.manifest(repository, digest)
+            found = await self._manifest(repository, digest)
         if found is None:
             return None
         return await self._build(repository, digest, found[1], found[2])
+
+    async def _manifest(
+        self, repository: str, reference: str
+    ) -> tuple[str, str, dict[str, Any]] | None:
+        """The manifest, or None when it is gone or unreadable: an unreadable one is logged
+        and its tag left out (tried again at the next full re-read), not the whole pass."""
+        try:
+            return await self.client.manifest(repository, reference)
+        except ManifestUnreadable as exc:
+            self.progress.unreadable += 1
+            log.warning(
+                "catalog leaves out %s:%s: %s",
+                repository,
+                reference,
+                exc,
+                extra={"event": "catalog_manifest_unreadable"},
+            )
+            return None
 
     # -- what a manifest holds ------------------------------------------------------------
 
@@ -278,8 +299,8 @@ class ManifestReader:
             return child
         async with self.gate:
             self.progress.manifests += 1
-            found = await self.client.manifest(repository, digest)
-        if found is None:
+            found = await self._manifest(repository, digest)
+        if found is None:  # gone or unreadable: the index shows the platforms it could read
             return None
         return await self._platform(repository, digest, found[2], platform, entry)
 

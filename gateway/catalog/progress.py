@@ -23,6 +23,7 @@ class Progress:
     heads: int = 0  # requests: a tag's digest asked with HEAD
     manifests: int = 0  # requests: manifests read (GET)
     configs: int = 0  # requests: image configs read (GET)
+    unreadable: int = 0  # manifests that were not JSON objects: their tags are left out
 
     @property
     def requests(self) -> int:
@@ -58,6 +59,7 @@ class Progress:
             "heads": self.heads,
             "manifests": self.manifests,
             "configs": self.configs,
+            "unreadable": self.unreadable,
             "requests_per_second": round(self.rate, 1),
             "seconds": round(self.elapsed, 1),
             "summary": self.summary(),

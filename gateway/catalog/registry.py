@@ -41,6 +41,11 @@ class RegistryError(RuntimeError):
     """The registry did not answer as expected; the message says what was asked."""
 
 
+class ManifestUnreadable(RegistryError):
+    """One manifest the registry serves is not a JSON object: a fault of that manifest, not
+    of the registry, so a pass over the registry leaves its tag out and goes on."""
+
+
 def is_tag(text: object) -> TypeGuard[str]:
     return isinstance(text, str) and TAG.fullmatch(text) is not None
 
@@ -195,9 +200,9 @@ class RegistryClient:
         try:
             body = response.json()
         except json.JSONDecodeError:
-            raise RegistryError(f"manifest {repository}:{reference} is not JSON") from None
+            raise ManifestUnreadable(f"manifest {repository}:{reference} is not JSON") from None
         if not isinstance(body, dict):
-            raise RegistryError(f"manifest {repository}:{reference} is not a JSON object")
+            raise ManifestUnreadable(f"manifest {repository}:{reference} is not a JSON object")
         media_type = body.get("mediaType") or response.headers.get("content-type", "").split(";")[0]
         digest = response.headers.get("docker-content-digest", "")
         if not is_digest(digest):  # a registry or proxy that does not say: what it sent
