@@ -24,6 +24,7 @@ import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gateway.policy.engine import Engine
 from gateway.policy.model import (
@@ -63,6 +64,7 @@ __all__ = [
     "diff_policies",
 ]
 
+T = TypeVar("T")
 _NONE: frozenset[str] = frozenset()
 _MAX_EXCEPTIONS = 3
 _SLACK = 64  # how many more probes than changed ones a group may have and still be tried
@@ -516,19 +518,11 @@ def _attention(old: Policy, new: Policy, anonymous: Iterable[Change]) -> list[No
     for kind, before, after in (("user", old.users, new.users), ("robot", old.robots, new.robots)):
         for name in sorted(before.keys() ^ after.keys()):
             out.append(Notice(kind, f"{kind}:{name}", "added" if name in after else "removed"))
-    for name in sorted(old.workloads.keys() | new.workloads.keys()):
-        # Which CI jobs a workload is: a new binding can let other jobs in as much as a grant.
-        bound = [_binding(p.workloads.get(name)) for p in (old, new)]
-        if bound[0] != bound[1]:
-            change = "changed" if all(bound) else "added" if bound[1] else "removed"
-            out.append(Notice("workload", f"workload:{name}", change, bound[0], bound[1]))
+    # Which CI jobs a workload is: a new binding can let other jobs in as much as a grant.
+    out += _described("workload", old.workloads, new.workloads, _binding)
+    # Where events go: a new or moved webhook sends pushes and refusals to another system.
     hooks = [{w.name: w for w in p.webhooks} for p in (old, new)]
-    for name in sorted(hooks[0].keys() | hooks[1].keys()):
-        # Where events go: a new or moved webhook sends pushes and refusals to another system.
-        sent = [_subscription(h.get(name)) for h in hooks]
-        if sent[0] != sent[1]:
-            change = "changed" if all(sent) else "added" if sent[1] else "removed"
-            out.append(Notice("webhook", f"webhook:{name}", change, sent[0], sent[1]))
+    out += _described("webhook", hooks[0], hooks[1], _subscription)
     visibility = [old.settings.global_namespace, new.settings.global_namespace]
     if visibility[0] != visibility[1]:
         out.append(Notice("visibility", "*", "changed", visibility[0].value, visibility[1].value))
@@ -547,6 +541,22 @@ def _attention(old: Policy, new: Policy, anonymous: Iterable[Change]) -> list[No
                     Notice("anonymous-pull", c.repositories, direction, None, None, c.exceptions)
                 )
     out.extend(_restriction_notices(old, new))
+    return out
+
+
+def _described(
+    kind: str,
+    before: Mapping[str, T],
+    after: Mapping[str, T],
+    describe: Callable[[T | None], str | None],
+) -> list[Notice]:
+    """A notice per name whose one-line description (`describe`) differs between the two."""
+    out = []
+    for name in sorted(before.keys() | after.keys()):
+        was, now = describe(before.get(name)), describe(after.get(name))
+        if was != now:
+            change = "changed" if was and now else "added" if now else "removed"
+            out.append(Notice(kind, f"{kind}:{name}", change, was, now))
     return out
 
 
