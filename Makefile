@@ -44,15 +44,15 @@ bench-packages:
 # process: most end-to-end tests wait on real processes, so two workers fit CI's two cores.
 # PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
-XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist loadfile)
-# The fast tier has no costly module fixtures: its tests are shared one by one (--dist load).
-FAST_XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist load)
+# $(call XDIST,MODE): the workers' options, MODE how tests are shared (pytest-xdist's --dist).
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist $(1))
 test: system-packages lint typecheck check
-	$(BIN)/python -m pytest $(XDIST) --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(call XDIST,loadfile) --durations=15 $(PYTEST_ARGS)
 
-# The fast tier also generates fewer examples in its property and fuzz tests than make test.
+# The fast tier has no costly module fixtures: its tests are shared one by one (--dist load).
+# It also generates fewer examples in its property and fuzz tests than make test.
 test-fast: lint typecheck check
-	PROPERTY_EXAMPLES=30 FUZZ_EXAMPLES=100 $(BIN)/python -m pytest $(FAST_XDIST) -m "not realworld" $(PYTEST_ARGS)
+	PROPERTY_EXAMPLES=30 FUZZ_EXAMPLES=100 $(BIN)/python -m pytest $(call XDIST,load) -m "not realworld" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -5,8 +5,9 @@ is `rgw_cli_<id>_<random>`: the store keeps, under the id, the owner's name, a l
 expiry, the groups at creation and the SHA-256 of the whole secret (never the secret). When
 the provider gave a refresh token, it is kept too, encrypted with a key derived from the
 secret itself, so only the secret's holder can have it used: each use then asks the provider
-who the person is now (at most every `oidc_cli_secret_recheck`, 0: every use), and a person the provider no longer
-signs in, or whose groups changed, is refused or gets the rights of the groups they have now.
+who the person is now (at most every `oidc_cli_secret_recheck`; 0: on every use), and a person
+the provider no longer signs in, or whose groups changed, is refused or gets the rights of the
+groups they have now.
 
 Where: an SQLite file in the data dir (the workers of one host), or Redis when `redis_url` is
 set (every replica), as the lockout counts are kept (gateway/auth/lockstore.py).
