@@ -10,7 +10,9 @@ interpreter:
 - load (its own interpreter per policy): `PolicySource.reload()` from cold, as `serve` does
   it (read, load and validate, compile, the policy's tests; cyclic GC paused), wall and CPU
   seconds, then the peak RSS, `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the interpreter
-  itself included);
+  itself included); then, in the same interpreter, the CPU seconds libyaml takes to compose
+  the same files into located YAML nodes and nothing more (`yamlnodes.compose`): the part of
+  the load that no policy code can go below with this YAML reader;
 - edit reload (wildcard policy only, same interpreter): a grant appended to one of the grants
   files, then `reload()` again, three times; each must be enforced (the new grant decides a
   token);
@@ -60,8 +62,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway import collector
+from gateway.policy import yamlnodes
 from gateway.policy.engine import Engine
-from gateway.policy.load import load_directory
+from gateway.policy.load import load_directory, policy_files
 from gateway.policy.model import ANONYMOUS_SUBJECT, Subject
 from gateway.policy.source import PolicySource
 
@@ -154,6 +157,7 @@ def child(directory: Path, seconds: float, edits: int, seed: int) -> dict[str, A
         "load_cpu_s": time.process_time() - cpu,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    figures["yaml_cpu_s"] = yaml_floor(directory)
     collector.freeze_survivors()  # as serve does after a load
     reloads = []
     grants_files = sorted((directory / "access").glob("grants-*.yaml"))
@@ -174,6 +178,17 @@ def child(directory: Path, seconds: float, edits: int, seed: int) -> dict[str, A
         collector.freeze_survivors()
     figures["reloads"] = reloads
     return figures
+
+
+def yaml_floor(directory: Path) -> float:
+    """CPU seconds to compose the policy's files into located YAML nodes with libyaml and
+    nothing else: the part of a load no policy code can go below with this reader."""
+    texts = policy_files(directory)
+    with collector.paused():
+        cpu = time.process_time()
+        for name, text in texts.items():
+            yamlnodes.compose(text, name)
+        return time.process_time() - cpu
 
 
 def decide_child(flat: Path, wild: Path, seconds: float, seed: int) -> dict[str, Any]:
@@ -276,6 +291,8 @@ def report(columns: list[dict[str, Any]], wildcards: float) -> None:
         (f"cold load + validate s ({share})", lambda c: f"{c['wild']['load_s']:.2f}"),
         ("  CPU s", lambda c: f"{c['wild']['load_cpu_s']:.2f}"),
         ("  CPU s, no wildcards", lambda c: f"{c['flat']['load_cpu_s']:.2f}"),
+        ("  YAML alone (libyaml composing), CPU s", lambda c: f"{c['wild']['yaml_cpu_s']:.2f}"),
+        ("  load / YAML alone", lambda c: f"{c['wild']['load_cpu_s'] / c['wild']['yaml_cpu_s']:.2f}"),
         ("peak RSS MB (child, after load)", lambda c: f"{c['wild']['rss_mb']:.0f}"),
         ("one-file edit reload s (median)", lambda c: f"{c['reload_s']:.3f}"),
         ("  worst of the edits, s", lambda c: f"{max(w for w, _ in c['wild']['reloads']):.3f}"),
