@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import gateway.policy.load
+import gateway.policy.readfile
 from gateway.policy import tests as policy_tests
 from gateway.policy.engine import Engine
-from gateway.policy.load import SECTIONS, PolicyError, load_texts
+from gateway.policy.load import PolicyError, load_texts
 from gateway.policy.model import REPOSITORY_ACTIONS, Role, Visibility
+from gateway.policy.readfile import SECTIONS
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "policy.md"
 COMPLETE_EXAMPLE = "# complete example"
@@ -36,15 +37,15 @@ def _literal_strings(node: ast.expr | None) -> set[str]:
 
 
 def accepted_keys() -> set[str]:
-    """Every key load.py accepts, read from its source.
+    """Every key readfile.py (the policy file reader) accepts, read from its source.
 
     The allowed-key tuples are literals: `allowed = (...)` assignments, tuples passed as the
-    `allowed` argument of `_Builder` methods (`self.fields(...)`, `self.read_rules(...)`), and
+    `allowed` argument of `FileReader` methods (`self.fields(...)`, `self.read_rules(...)`), and
     the module constants SECTIONS and _ROLE_KEYS.
     """
-    source = Path(gateway.policy.load.__file__).read_text(encoding="utf-8")
+    source = Path(gateway.policy.readfile.__file__).read_text(encoding="utf-8")
     tree = ast.parse(source)
-    builder = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "_Builder")
+    builder = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FileReader")
     params = {
         f.name: [a.arg for a in f.args.args[1:]]  # without self
         for f in builder.body
