@@ -7,8 +7,15 @@ one measured run gives requests/s and p50/p99 latency. The floors are a tiny Sta
 (bench/floors.py) served by uvicorn with the gateway's own settings (httptools, the gateway's
 event loop, `--event-loop`, asyncio by default; one worker, uvicorn's access log off).
 
-    .venv/bin/python -m bench.token_endpoint              # everything, about 3 minutes
+The cases run in `--rounds` rounds (3 by default): each round runs every selected case once,
+floors included, in the listed order in odd rounds and reversed in even ones. A shared VM's speed
+drifts by tens of percent over a minute or two, while runs a few seconds apart agree, so every
+ratio to a floor is taken within a round (the case against that round's floor) and the median
+over rounds is reported; the tables show each case's median round.
+
+    .venv/bin/python -m bench.token_endpoint              # everything, 3 rounds, about 9 minutes
     .venv/bin/python -m bench.token_endpoint --cases robot-distinct,floor-sign --seconds 5
+    .venv/bin/python -m bench.token_endpoint --rounds 1   # one run per case, about 3 minutes
     .venv/bin/python -m bench.token_endpoint --list       # the cases
 
 Run it from the repository root.
@@ -22,6 +29,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import itertools
@@ -32,6 +40,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -297,7 +306,8 @@ class Result:
     other_server_core: float | None = None  # other processes on the server's core
     other_client_core: float | None = None  # other processes on the load generator's core
     steal: float | None = None  # hypervisor steal on the two cores, mean
-    attempts: int = 1  # runs made of this case (the least disturbed one is kept)
+    attempts: int = 1  # runs made of this case in its round (the least disturbed one is kept)
+    round: int = 1
     audit_lines: int | None = None
     granted: str = ""
     failure: str | None = None
@@ -318,7 +328,8 @@ def log(message: str) -> None:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -500,7 +511,8 @@ def run_wrk(
 def _bench_line(done: subprocess.CompletedProcess[str], cmd: list[str]) -> dict[str, Any]:
     for line in done.stdout.splitlines():
         if line.startswith("BENCH "):
-            return json.loads(line[len("BENCH ") :])
+            stats: dict[str, Any] = json.loads(line[len("BENCH ") :])
+            return stats
     raise RuntimeError(
         f"load generator failed ({done.returncode}): {' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
     )
@@ -699,9 +711,9 @@ def count_lines(path: Path | None) -> int | None:
     return None
 
 
-def run_case(case: Case, args: argparse.Namespace, pin: bool, index: int, total: int) -> Result:
+def run_case(case: Case, args: argparse.Namespace, pin: bool, prefix: str, tag: str) -> Result:
+    """One run of a case on a fresh server; `tag` makes its repository names its own."""
     result = Result(case)
-    prefix = f"[{index}/{total}] {case.name}:"
     load = run_wrk if args.generator == "wrk" else run_httpx
     server: Server | None = None
     try:
@@ -715,11 +727,11 @@ def run_case(case: Case, args: argparse.Namespace, pin: bool, index: int, total:
         seconds, timeout, warmup = args.seconds, args.timeout, args.warmup
         log(f"{prefix} check ok (granted {result.granted}); warm-up {warmup} s")
         if warmup > 0:
-            load(server, case, warmup, f"w{index}", args, pin, timeout)
+            load(server, case, warmup, f"w{tag}", args, pin, timeout)
             settle(server.proc.pid)
         log(f"{prefix} measuring {seconds} s at {args.connections} connections")
         watch = CpuWatch(server.proc.pid, args.server_cpu, args.client_cpu)
-        raw = load(server, case, seconds, f"r{index}", args, pin, timeout)
+        raw = load(server, case, seconds, f"r{tag}", args, pin, timeout)
         watch.finish(result, pin)
         result.raw = raw
         result.requests = raw["requests"]
@@ -756,8 +768,6 @@ def describe_hash(stored: str) -> str:
 
 def hash_costs(policies: Path, names: list[str]) -> dict[str, tuple[str, float]]:
     """Per user case: the hash's kind and the median CPU time of one check in this process."""
-    import statistics
-
     import bcrypt
     import yaml
 
@@ -832,8 +842,103 @@ def fmt_ms(value: float) -> str:
     return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
 
 
+# -- rounds ------------------------------------------------------------------------------------
+
+Round = dict[str, Result]  # one round's runs by case name, in the order they ran
+
+
+def runs_by_case(rounds: list[Round]) -> dict[str, list[Result]]:
+    """Each case's runs, one per round that ran it, in round order."""
+    found: dict[str, list[Result]] = {}
+    for one in rounds:
+        for name, r in one.items():
+            found.setdefault(name, []).append(r)
+    return found
+
+
+def median_run(runs: list[Result]) -> Result:
+    """What the tables show for a case: the run whose req/s is the median over the rounds (the
+    lower middle one for an even count), with the median req/s itself and every round's attempts;
+    the first failed run if none succeeded."""
+    done = sorted((r for r in runs if not r.failure), key=lambda r: r.rps)
+    if not done:
+        return runs[0]
+    middle = done[(len(done) - 1) // 2]
+    return dataclasses.replace(
+        middle,
+        rps=statistics.median(r.rps for r in done),
+        attempts=sum(r.attempts for r in runs),
+    )
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def median_cpu(runs: list[Result]) -> float | None:
+    """The median over the rounds of the server's CPU seconds per request."""
+    return _median([None if r.failure else cpu_per_request(r) for r in runs])
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A case against a reference run in the same round, round by round (None where one of the
+    two failed or completed no request): req/s over req/s, and the reference's server CPU per
+    request over the case's (so above 100% means the case is the cheaper in both)."""
+
+    by_rps: list[float | None]
+    by_cpu: list[float | None]
+
+    @property
+    def rps(self) -> float | None:
+        return _median(self.by_rps)
+
+    @property
+    def cpu(self) -> float | None:
+        return _median(self.by_cpu)
+
+
+def ratio_of(rounds: list[Round], name: str, reference: str) -> Ratio:
+    by_rps: list[float | None] = []
+    by_cpu: list[float | None] = []
+    for one in rounds:
+        a, f = one.get(name), one.get(reference)
+        if not (a and f and not a.failure and not f.failure and a.requests and f.requests):
+            by_rps.append(None)
+            by_cpu.append(None)
+            continue
+        by_rps.append(a.rps / f.rps if f.rps else None)
+        mine, theirs = cpu_per_request(a), cpu_per_request(f)
+        by_cpu.append(theirs / mine if mine and theirs else None)
+    return Ratio(by_rps, by_cpu)
+
+
+def by_round(values: list[float | None]) -> str:
+    return " ".join("-" if v is None else f"{v:.1%}" for v in values)
+
+
+FLOORS = ("floor-bare", "floor-sign")
+# The ratio targets: (case, floor, least share of the floor's req/s).
+RATIO_TARGETS = (
+    ("robot-distinct", "floor-sign", DISTINCT_VS_SIGN),
+    ("robot-repeat", "floor-bare", REPEAT_VS_BARE),
+)
+
+
+def all_ratios(rounds: list[Round]) -> dict[str, Ratio]:
+    """Every case against both floors (and the signing floor against the bare one), by round."""
+    names = list(runs_by_case(rounds))
+    found: dict[str, Ratio] = {}
+    for name in names:
+        for floor in FLOORS:
+            if floor in names and name not in (floor, "floor-bare"):
+                found[f"{name}/{floor}"] = ratio_of(rounds, name, floor)
+    return found
+
+
 def report(
-    results: list[Result],
+    rounds: list[Round],
     args: argparse.Namespace,
     pin: bool,
     hashes: dict[str, tuple[str, float]],
@@ -841,6 +946,9 @@ def report(
     """Print the table, ratios and targets to stdout; the list of missed targets."""
     out: list[str] = []
     p = out.append
+    runs = runs_by_case(rounds)
+    results = [median_run(case_runs) for case_runs in runs.values()]
+    several = len(rounds) > 1
     cpus = os.cpu_count() or 0
     p(f"Registry Gateway token benchmark, {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
     p(f"machine: {cpus} CPUs ({cpu_model()}), Python {platform.python_version()}; {versions()}")
@@ -870,6 +978,11 @@ def report(
         f"runs:    {args.warmup} s warm-up, then {args.seconds} s measured; audit to a temp file "
         f"unless the case says /dev/null; service={SERVICE}"
     )
+    if several:
+        p(
+            f"rounds:  {len(rounds)}, each running every case once (listed order in odd rounds, "
+            "reversed in even ones); ratios are taken within a round, then the median over rounds"
+        )
     p("")
     header = (
         f"{'case':<40} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
@@ -886,11 +999,27 @@ def report(
             f"{r.case.title:<40} {r.rps:>9,.0f} {fmt_ms(r.p50):>8} {fmt_ms(r.p90):>8} "
             f"{fmt_ms(r.p99):>8} {fmt_ms(r.max):>8} {r.non2xx:>6} {r.errors:>4} {rss:>8}"
         )
+    if several:
+        p(
+            f"req/s: the median over the {len(rounds)} rounds; the other columns: the round whose "
+            "req/s is the median (the lower middle one for an even count); the p99 targets below "
+            "use the median of the rounds' p99"
+        )
+    for case_runs in runs.values():
+        for r in case_runs:
+            if r.failure and any(not other.failure for other in case_runs):
+                p(f"{r.case.title:<40} FAILED in round {r.round}: {r.failure.splitlines()[0]}")
     p("")
     p(
         "CPU while measured (share of one core; 'other' = other processes on that core; "
         "server CPU per request = server CPU time / requests; runs = attempts, the least "
-        "disturbed kept):"
+        "disturbed kept"
+        + (
+            "; the median round's figures as above, but srv us/req is the median over the "
+            "rounds and runs counts every round's attempts):"
+            if several
+            else "):"
+        )
     )
     header = (
         f"{'case':<40} {'server':>7} {'wrk':>6} {'other@srv':>9} {'other@wrk':>9} "
@@ -898,7 +1027,6 @@ def report(
     )
     p(header)
     p("-" * len(header))
-    noisy = []
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{value:.0%}"
@@ -906,21 +1034,36 @@ def report(
     for r in results:
         if r.failure or not r.requests:
             continue
-        cost = cpu_per_request(r)
-        per_request = f"{cost * 1e6:,.0f}" if cost is not None else "-"
+        us = median_cpu(runs[r.case.name])
+        us_text = f"{us * 1e6:,.0f}" if us is not None else "-"
         p(
             f"{r.case.title:<40} {pct(r.server_cpu):>7} {pct(r.client_cpu):>6} "
             f"{pct(r.other_server_core):>9} {pct(r.other_client_core):>9} {pct(r.steal):>6} "
-            f"{per_request:>10} {r.attempts:>4}"
+            f"{us_text:>10} {r.attempts:>4}"
         )
-        if disturbance(r) > NOISY:
-            noisy.append(r.case.name)
+    noisy = [
+        f"{r.case.name} (round {r.round})" if several else r.case.name
+        for case_runs in runs.values()
+        for r in case_runs
+        if not r.failure and r.requests and disturbance(r) > NOISY
+    ]
     if noisy:
         p(
             f"WARNING: other processes (or the hypervisor) took over 5% of a benchmark core during "
             f"{', '.join(noisy)}: their req/s are lower and their tails longer than on a quiet "
             "machine; 'srv us/req' is the steadier figure."
         )
+    if several:
+        p("")
+        p("req/s by round, in brackets server CPU us/request (a drift shows in the floors too):")
+        for case_runs in runs.values():
+            cells = [
+                "failed"
+                if r.failure
+                else f"{r.rps:>7,.0f} [{(cpu_per_request(r) or 0) * 1e6:>5,.0f}]"
+                for r in case_runs
+            ]
+            p(f"  {case_runs[0].case.name:<28} {'   '.join(cells)}")
     p("")
     p("what each case sent (and the access granted to its check request):")
     for r in results:
@@ -934,6 +1077,7 @@ def report(
         if r.audit_lines is not None:
             p(
                 f"  {'':<28} audit lines written: {r.audit_lines:,} ({r.requests:,} measured requests)"
+                + (f" in round {r.round}" if several else "")
             )
 
     ok = {r.case.name: r for r in results if not r.failure and r.requests}
@@ -941,14 +1085,22 @@ def report(
     p("")
     p(
         "ratios: req/s of the case / req/s of the floor; in brackets the same from server CPU "
-        "per request (floor us / case us), which other load on the machine disturbs less:"
+        "per request (floor us / case us), which other load on the machine disturbs less"
+        + (
+            f"; each the median over the {len(rounds)} rounds of the case against the same "
+            "round's floor:"
+            if several
+            else ":"
+        )
     )
 
-    def ratio_text(r: Result, floor: Result, label: str) -> str:
-        text = f"{r.rps / floor.rps:6.1%} of {label}"
-        mine, theirs = cpu_per_request(r), cpu_per_request(floor)
-        if mine and theirs:
-            text += f" [{theirs / mine:6.1%}]"
+    def ratio_text(name: str, floor: str, label: str) -> str:
+        ratio = ratio_of(rounds, name, floor)
+        if ratio.rps is None:
+            return f"{'-':>6} of {label}"
+        text = f"{ratio.rps:6.1%} of {label}"
+        if ratio.cpu is not None:
+            text += f" [{ratio.cpu:6.1%}]"
         return text
 
     for r in results:
@@ -956,12 +1108,25 @@ def report(
             continue
         parts = []
         if bare:
-            parts.append(ratio_text(r, bare, "bare"))
+            parts.append(ratio_text(r.case.name, "floor-bare", "bare"))
         if sign:
-            parts.append(ratio_text(r, sign, "signing"))
+            parts.append(ratio_text(r.case.name, "floor-sign", "signing"))
         p(f"  {r.case.title:<40} {'   '.join(parts) or 'no floor measured'}")
     if bare and sign:
-        p(f"  {'signing floor vs bare floor':<40} {ratio_text(sign, bare, 'bare')}")
+        p(f"  {'signing floor vs bare floor':<40} {ratio_text('floor-sign', 'floor-bare', 'bare')}")
+    if several:
+        for name, floor, _ in RATIO_TARGETS:
+            if name not in ok or floor not in ok:
+                continue
+            ratio = ratio_of(rounds, name, floor)
+            p(
+                f"  {name} / {floor} by round: {by_round(ratio.by_rps)}, median {ratio.rps:.1%}"
+                + (
+                    f"; by server CPU per request: {by_round(ratio.by_cpu)}, median {ratio.cpu:.1%}"
+                    if ratio.cpu is not None
+                    else ""
+                )
+            )
     logs_seen = False
     for name, variant, what in (
         ("robot-distinct", "robot-distinct-audit-null", "audit file -> /dev/null"),
@@ -972,17 +1137,21 @@ def report(
         ("robot-repeat", "robot-repeat-no-logs", "both"),
     ):
         a, b = ok.get(name), ok.get(variant)
-        if not (a and b):
+        gain = ratio_of(rounds, variant, name).rps
+        if not (a and b) or gain is None:
             continue
         if not logs_seen:
             p("")
-            p("what the logs cost (the same case with less logging):")
+            p(
+                "what the logs cost (the same case with less logging"
+                + ("; the change is the median over rounds of each round's):" if several else "):")
+            )
             logs_seen = True
-        diff = b.rps / a.rps - 1
+        diff = gain - 1
         text = f"  {name:<25} {what:<23} {a.rps:>7,.0f} -> {b.rps:>7,.0f} req/s ({diff:+.1%}" + (
             ", large)" if abs(diff) > 0.10 else ", small)"
         )
-        mine, theirs = cpu_per_request(a), cpu_per_request(b)
+        mine, theirs = median_cpu(runs[name]), median_cpu(runs[variant])
         if mine and theirs:
             text += f"; server CPU {mine * 1e6:,.0f} -> {theirs * 1e6:,.0f} us/request"
         p(text)
@@ -990,7 +1159,10 @@ def report(
     users = [r for r in results if r.case.credentials == USER and not r.failure]
     if users:
         p("")
-        p("users with passwords (case 4): the hash, alone and under load")
+        p(
+            "users with passwords (case 4): the hash, alone and under load"
+            + (" (the median round)" if several else "")
+        )
     for r in users:
         pad = " " * (len(r.case.name) + 2)
         cost = hashes.get(r.case.name)
@@ -1041,50 +1213,67 @@ def report(
             missed.append(label)
         p(f"  {verdict}  {label}: {detail}")
 
-    def by_cpu(r: Result, floor: Result) -> str:
-        mine, theirs = cpu_per_request(r), cpu_per_request(floor)
-        if not (mine and theirs):
-            return ""
-        return f" (by server CPU per request: {theirs * 1e6:,.0f} / {mine * 1e6:,.0f} us = {theirs / mine:.1%})"
-
-    d = ok.get("robot-distinct")
-    if d and sign:
-        ratio = d.rps / sign.rps
-        target(
-            f"distinct robot requests >= {DISTINCT_VS_SIGN:.0%} of the signing floor",
-            ratio >= DISTINCT_VS_SIGN,
-            f"{d.rps:,.0f} / {sign.rps:,.0f} req/s = {ratio:.1%}" + by_cpu(d, sign),
-        )
-    else:
-        target("distinct robot requests vs signing floor", None, "not measured")
-    rep = ok.get("robot-repeat")
-    if rep and bare:
-        ratio = rep.rps / bare.rps
-        target(
-            f"repeated identical requests >= {REPEAT_VS_BARE:.0%} of the bare floor",
-            ratio >= REPEAT_VS_BARE,
-            f"{rep.rps:,.0f} / {bare.rps:,.0f} req/s = {ratio:.1%}" + by_cpu(rep, bare),
-        )
-    else:
-        target("repeated identical requests vs bare floor", None, "not measured")
+    for (name, floor, least), (what, floor_name) in zip(
+        RATIO_TARGETS,
+        (
+            ("distinct robot requests", "signing floor"),
+            ("repeated identical requests", "bare floor"),
+        ),
+        strict=True,
+    ):
+        a, f = ok.get(name), ok.get(floor)
+        ratio = ratio_of(rounds, name, floor)
+        if not (a and f) or ratio.rps is None:
+            target(f"{what} vs {floor_name}", None, "not measured")
+            continue
+        counted = sum(v is not None for v in ratio.by_rps)
+        if not several:
+            detail = f"{a.rps:,.0f} / {f.rps:,.0f} req/s = {ratio.rps:.1%}"
+            mine, theirs = median_cpu(runs[name]), median_cpu(runs[floor])
+            if ratio.cpu is not None and mine and theirs:
+                detail += (
+                    f" (by server CPU per request: {theirs * 1e6:,.0f} / {mine * 1e6:,.0f} us"
+                    f" = {ratio.cpu:.1%})"
+                )
+        else:
+            detail = f"median of the req/s ratios of {counted} round(s): {ratio.rps:.1%}" + (
+                f" (by server CPU per request, median {ratio.cpu:.1%})"
+                if ratio.cpu is not None
+                else ""
+            )
+        target(f"{what} >= {least:.0%} of the {floor_name}", ratio.rps >= least, detail)
     for r in results:
         if r.failure:
             continue
         extra = ""
         if r.case.name == "user-5-scopes-no-auth-cache":
             extra = " (the policy's argon2id hash, auth cache off)"
-        if not r.requests:
+        done = [run for run in runs[r.case.name] if not run.failure]
+        answered = [run for run in done if run.requests]
+        if not answered:
             target(
                 f"p99 < {P99_LIMIT_MS:.0f} ms, {r.case.name}",
                 False,
                 f"no request completed in {r.seconds:.0f} s{extra}",
             )
             continue
-        passed = r.p99 < P99_LIMIT_MS and r.non2xx == 0 and r.errors == 0
+        p99 = statistics.median(run.p99 for run in answered)
+        non2xx = sum(run.non2xx for run in done)
+        errors = sum(run.errors for run in done)
+        silent = len(done) - len(answered)
+        passed = p99 < P99_LIMIT_MS and non2xx == 0 and errors == 0 and not silent
         detail = (
-            f"p99 {fmt_ms(r.p99)} ms"
-            + (f", {r.non2xx} non-2xx" if r.non2xx else "")
-            + (f", {r.errors} errors" if r.errors else "")
+            f"p99 {fmt_ms(p99)} ms"
+            + (
+                f" (median of {len(answered)} rounds: "
+                + " ".join(fmt_ms(run.p99) for run in answered)
+                + ")"
+                if len(answered) > 1
+                else ""
+            )
+            + (f", {non2xx} non-2xx" if non2xx else "")
+            + (f", {errors} errors" if errors else "")
+            + (f", no request completed in {silent} round(s)" if silent else "")
             + extra
         )
         if r.case.name in ISSUE_CASES:
@@ -1092,9 +1281,10 @@ def report(
         else:  # a variant with a setting off its default, to show what that setting costs
             verdict = "info" if passed else "info (over)"
             p(f"  {verdict}  p99 < {P99_LIMIT_MS:.0f} ms, {r.case.name} (a variant): {detail}")
-    for r in results:
-        if r.failure:
-            missed.append(f"{r.case.name} failed")
+    for case_runs in runs.values():
+        for r in case_runs:
+            if r.failure:
+                missed.append(f"{r.case.name} failed" + (f" in round {r.round}" if several else ""))
     p(
         f"  note: with {args.connections} connections kept busy, the mean latency is connections / "
         f"throughput (Little's law), so a mean under {P99_LIMIT_MS:.0f} ms needs more than "
@@ -1119,13 +1309,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=(
             "Benchmark registry-gateway's GET /auth/token (requests/s, p50/p99 latency) against "
             "a bare Starlette floor and an ES256 signing floor, server and load generator pinned "
-            "to separate cores. Progress on stderr, results on stdout."
+            "to separate cores, in interleaved rounds (ratios to a floor taken within a round, "
+            "the median over rounds reported). Progress on stderr, results on stdout."
         ),
         epilog="cases: " + ", ".join(c.name for c in CASES),
     )
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections (64)")
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per case (10)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up seconds per case (2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="run the selected cases this many times, round by round: each round runs every "
+        "case once, floors included, in the listed order in odd rounds and reversed in even "
+        "ones, so a slow drift of the machine's speed weighs on cases and floors alike; each "
+        "ratio to a floor is taken within a round and the median over rounds reported, and the "
+        "tables show each case's median round (default 3: about 3 times as long as one round)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1: it has one core)")
     parser.add_argument("--timeout", type=int, default=30, help="per-request timeout, seconds (30)")
     parser.add_argument("--server-cpu", type=int, default=0, help="core for servers (0)")
@@ -1143,7 +1344,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=2,
         help="run a case again (up to this many times) when other processes took over 5%% of a "
-        "benchmark core during it, and keep the least disturbed run (default 2)",
+        "benchmark core during it, and keep the least disturbed run; within its round, so "
+        "with --rounds each round keeps its own least disturbed run of each case (default 2)",
     )
     parser.add_argument(
         "--quiet-wait",
@@ -1176,6 +1378,67 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def json_row(r: Result) -> dict[str, Any]:
+    cost = cpu_per_request(r)
+    return {
+        "case": r.case.name,
+        "title": r.case.title,
+        "round": r.round,
+        "rps": r.rps,
+        "p50_ms": r.p50,
+        "p90_ms": r.p90,
+        "p99_ms": r.p99,
+        "max_ms": r.max,
+        "non2xx": r.non2xx,
+        "errors": r.errors,
+        "rss_mib": r.rss_mib,
+        "server_cpu": r.server_cpu,
+        "server_cpu_us_per_request": cost * 1e6 if cost is not None else None,
+        "client_cpu": r.client_cpu,
+        "other_server_core": r.other_server_core,
+        "other_client_core": r.other_client_core,
+        "steal": r.steal,
+        "attempts": r.attempts,
+        "failure": r.failure,
+        "raw": r.raw,
+    }
+
+
+def json_document(rounds: list[Round], missed: list[str]) -> dict[str, Any]:
+    """results: each case's median round, as the table shows it (rps the median, p99_ms_median
+    the median of the rounds' p99); ratios: by round and their medians; runs: every round's
+    results in the order they ran."""
+    results = []
+    for case_runs in runs_by_case(rounds).values():
+        answered = [r for r in case_runs if not r.failure and r.requests]
+        results.append(
+            {
+                **json_row(median_run(case_runs)),
+                "rps_by_round": [None if r.failure else r.rps for r in case_runs],
+                "p99_ms_median": statistics.median(r.p99 for r in answered) if answered else None,
+                "server_cpu_us_per_request_median": (
+                    cost * 1e6 if (cost := median_cpu(case_runs)) is not None else None
+                ),
+            }
+        )
+    ratios = {
+        pair: {
+            "rps": ratio.rps,
+            "rps_by_round": ratio.by_rps,
+            "cpu": ratio.cpu,
+            "cpu_by_round": ratio.by_cpu,
+        }
+        for pair, ratio in all_ratios(rounds).items()
+    }
+    return {
+        "rounds": len(rounds),
+        "results": results,
+        "ratios": ratios,
+        "runs": [[json_row(r) for r in one.values()] for one in rounds],
+        "missed": missed,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.httpx_worker:
@@ -1186,6 +1449,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in CASES:
             print(f"{c.name:<28} {c.title}: {c.note}")
         return 0
+    if args.rounds < 1:
+        print("bench.token_endpoint: --rounds must be at least 1", file=sys.stderr)
+        return 2
     if args.cases == "all":
         cases = list(CASES)
     else:
@@ -1194,7 +1460,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"bench.token_endpoint: unknown case(s) {unknown}; see --list", file=sys.stderr)
             return 2
-        cases = [BY_NAME[n] for n in names]
+        cases = [BY_NAME[n] for n in dict.fromkeys(names)]  # each once, in the order given
 
     args.wrk = wrk_path()
     if args.generator == "auto":
@@ -1228,26 +1494,41 @@ def main(argv: list[str] | None = None) -> int:
     # Stopped with SIGTERM: still stop the server and remove the temp dir.
     signal.signal(signal.SIGTERM, interrupted)
     args.tmp = tempfile.mkdtemp(prefix="gateway-bench-")
-    results: list[Result] = []
+    rounds: list[Round] = []
     started = time.monotonic()
     try:
-        for i, case in enumerate(cases, 1):
-            result = run_case(case, args, pin, i, len(cases))
-            for attempt in range(2, args.retries + 2):
-                if result.failure or disturbance(result) <= NOISY:
-                    break
+        for number in range(1, args.rounds + 1):
+            # Odd rounds in the listed order, even ones reversed: a drift of the machine's speed
+            # across a round favours the first cases in one round and the last in the next.
+            order = cases if number % 2 else cases[::-1]
+            this: Round = {}
+            round_started = time.monotonic()
+            for i, case in enumerate(order, 1):
+                where = f"round {number}/{args.rounds}, " if args.rounds > 1 else ""
+                prefix = f"[{where}{i}/{len(cases)}] {case.name}:"
+                tag = f"{number}x{i}"
+                result = run_case(case, args, pin, prefix, tag)
+                for attempt in range(2, args.retries + 2):
+                    if result.failure or disturbance(result) <= NOISY:
+                        break
+                    log(
+                        f"{prefix} other load took {disturbance(result):.0%} of a core; again "
+                        f"(attempt {attempt} of {args.retries + 1})"
+                    )
+                    wait_until_quiet(max(args.quiet_wait, 30), (args.server_cpu, args.client_cpu))
+                    again = run_case(case, args, pin, prefix, tag)
+                    again.attempts = result.attempts + 1
+                    if again.failure is None and disturbance(again) < disturbance(result):
+                        result = again
+                    else:
+                        result.attempts = again.attempts
+                result.round = number
+                this[case.name] = result
+            rounds.append(this)
+            if args.rounds > 1:
                 log(
-                    f"[{i}/{len(cases)}] {case.name}: other load took {disturbance(result):.0%} "
-                    f"of a core; again (attempt {attempt} of {args.retries + 1})"
+                    f"round {number} of {args.rounds} done in {time.monotonic() - round_started:.0f} s"
                 )
-                wait_until_quiet(max(args.quiet_wait, 30), (args.server_cpu, args.client_cpu))
-                again = run_case(case, args, pin, i, len(cases))
-                again.attempts = result.attempts + 1
-                if again.failure is None and disturbance(again) < disturbance(result):
-                    result = again
-                else:
-                    result.attempts = again.attempts
-            results.append(result)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
@@ -1257,27 +1538,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(args.tmp, ignore_errors=True)
     log(f"done in {time.monotonic() - started:.0f} s")
-    missed = report(results, args, pin, hashes)
+    missed = report(rounds, args, pin, hashes)
     if args.json:
-        rows = [
-            {
-                "case": r.case.name,
-                "title": r.case.title,
-                "rps": r.rps,
-                "p50_ms": r.p50,
-                "p90_ms": r.p90,
-                "p99_ms": r.p99,
-                "max_ms": r.max,
-                "non2xx": r.non2xx,
-                "errors": r.errors,
-                "rss_mib": r.rss_mib,
-                "failure": r.failure,
-                "raw": r.raw,
-            }
-            for r in results
-        ]
-        args.json.write_text(json.dumps({"results": rows, "missed": missed}, indent=2) + "\n")
-    if any(r.failure for r in results):
+        args.json.write_text(json.dumps(json_document(rounds, missed), indent=2) + "\n")
+    if any(r.failure for one in rounds for r in one.values()):
         return 1
     return 1 if (args.strict and missed) else 0
 
