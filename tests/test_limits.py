@@ -25,7 +25,7 @@ from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.limits import RequestLimits
 from gateway.protocol import LimitedHttpToolsProtocol, ServerConfig
-from gateway.responses import send_json
+from gateway.responses import read_body, send_json
 
 SERVICE = "unit-registry"
 SECRET = "notification-secret"
@@ -157,11 +157,13 @@ class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
+        self.writes = 0  # calls of write()
         self.closed = False
         self.eof = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
+        self.writes += 1
 
     def close(self) -> None:
         self.closed = True
@@ -365,5 +367,71 @@ def test_kept_alive_and_pipelined_requests_are_measured_alone() -> None:
             made.data_received(part)
         await settle()
         assert transport.written.count(b"HTTP/1.1 200") == 6 and not transport.closed
+
+    asyncio.run(run())
+
+
+# -- an answer in one write ------------------------------------------------------------------
+
+
+def test_an_answer_s_head_and_body_go_out_in_one_write() -> None:
+    """One system call (and one TCP segment) per token answer, not one for the head and
+    one for the body."""
+
+    async def run() -> None:
+        made, transport = protocol()
+        for _ in range(3):  # kept alive: every answer alike
+            made.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await settle()
+        assert transport.written.count(b"HTTP/1.1 200") == 3
+        assert transport.writes == 3
+
+    asyncio.run(run())
+
+
+def test_a_head_whose_body_comes_later_is_not_held_back() -> None:
+    """A streaming answer's head goes out at the end of the turn it was sent in."""
+    go_on = asyncio.Event()
+
+    async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await go_on.wait()
+        await send({"type": "http.response.body", "body": b"later", "more_body": False})
+
+    async def run() -> None:
+        config = ServerConfig(streaming, limits=LIMITS, log_config=None, lifespan="off")
+        made = LimitedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+        transport = FakeTransport()
+        made.connection_made(transport)
+        made.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await settle()
+        assert transport.status() == 200 and b"later" not in transport.written
+        go_on.set()
+        await settle()
+        assert transport.written.endswith(b"5\r\nlater\r\n0\r\n\r\n")
+
+    asyncio.run(run())
+
+
+def test_a_100_continue_is_not_held_back() -> None:
+    """The client waits for 100 Continue before it sends the body: it must go out alone."""
+
+    async def reading(scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_body(receive, 100)
+        await send_json(send, 200, body)
+
+    async def run() -> None:
+        config = ServerConfig(reading, limits=LIMITS, log_config=None, lifespan="off")
+        made = LimitedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+        transport = FakeTransport()
+        made.connection_made(transport)
+        made.data_received(
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        )
+        await settle()
+        assert transport.written == b"HTTP/1.1 100 Continue\r\n\r\n"
+        made.data_received(b"{}")
+        await settle()
+        assert transport.written.endswith(b"\r\n\r\n{}") and transport.writes == 2
 
     asyncio.run(run())
