@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from gateway import background, collector
 from gateway.auth.endpoint import TokenEndpoint
@@ -79,26 +81,32 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         *system_routes(services),
         *ui_routes(services),
     ]
-    app = Starlette(
+    app = _Gateway(
         routes=routes,
         middleware=[
             Middleware(RequestLog, access_log=settings.access_log),
             Middleware(Limits, limits=RequestLimits.from_settings(settings)),
         ],
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={HTTPException: _http_error},
     )
     app.state.services = services
     return app
+
+
+class _Gateway(Starlette):
+    """Starlette with the gateway's own middleware outermost: `RequestLog` already turns an
+    unexpected error into the registry's JSON 500 (logged with the request id), so Starlette's
+    error layer, one more call and `send` wrapper on every request, is left out."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app: ASGIApp = ExceptionMiddleware(self.router, handlers=self.exception_handlers)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "NOT_FOUND", 405: "UNSUPPORTED"}
     return registry_error(exc.status_code, codes.get(exc.status_code, "ERROR"), str(exc.detail))
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    # RequestLog answers errors inside it; this is the backstop for the layers outside.
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return registry_error(500, "INTERNAL", "internal error; the server log has the details")
