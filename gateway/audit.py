@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import sys
 import threading
 import time
 from typing import Any
+
+from gateway.jsontext import ascii_json
 
 REOPEN_CHECK = 1.0  # seconds between looks for a rotated-away audit file
 
@@ -57,7 +58,7 @@ class AuditLog:
 
     def write(self, record: dict[str, Any]) -> None:
         record = {"time": now_iso(), "log": "audit", **record}
-        self.write_line(json.dumps(record, separators=(",", ":"), default=str))
+        self.write_line(ascii_json(record))
 
     def write_line(self, line: str) -> None:
         """Append one already-serialised JSON record (no newline)."""

@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
         "gateway.limits",
         "gateway.boundedcache",
         "gateway.collector",
+        "gateway.jsontext",
     ),
     ("gateway.auth", "gateway.catalog", "gateway.events"),
     ("gateway.services",),

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from gateway import metrics
 from gateway.auth.scope import Scope, format_scope
+from gateway.jsontext import ascii_json
 from gateway.responses import error_body
 
 Access = tuple[tuple[str, str, tuple[str, ...]], ...]  # (type, name, granted actions) per scope
@@ -63,12 +64,9 @@ class TokenAnswer(NamedTuple):
         return self.head + str(self.signed.remaining(now)).encode() + self.tail
 
 
-_ENCODE = json.JSONEncoder(default=str, separators=(",", ":")).encode  # made once
-
-
 def audit_fields(record: dict[str, Any]) -> str:
     """The decision's audit fields, serialised once: a JSON object without its braces."""
-    return _ENCODE(record)[1:-1]
+    return ascii_json(record)[1:-1]
 
 
 def issued(

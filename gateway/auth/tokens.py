@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from gateway.auth.keys import KeyStore, SigningKey
+from gateway.jsontext import ascii_json
 
 __all__ = [
     "REFRESH_KINDS",
@@ -94,9 +95,6 @@ class _Jti:
         return f"{self._prefix}{next(self._count):x}"
 
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # made once, not per token
-
-
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
@@ -136,7 +134,7 @@ class _Signer:
         self._sign = sign
 
     def token(self, claims: Mapping[str, Any]) -> str:
-        payload = _ENCODE(claims).encode()
+        payload = ascii_json(claims).encode()
         signing_input = self.prefix + _b64(payload)
         return (signing_input + b"." + _b64(self._sign(signing_input))).decode("ascii")
 
