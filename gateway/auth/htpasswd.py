@@ -14,10 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.policy.hashformats import BCRYPT
+
 log = logging.getLogger("registry_gateway")
-
-_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
-
 
 # What htpasswd and crypt(3) write, by prefix: named in warnings, never quoted.
 _SCHEMES = (
@@ -65,7 +64,7 @@ def parse(text: str, source: str = "htpasswd") -> HtpasswdEntries:
         user, sep, stored = line.partition(":")
         if not sep or not user:
             warnings.append(f"{source}:{number}: not a user:hash line; skipped")
-        elif not _BCRYPT.fullmatch(stored):
+        elif not BCRYPT.fullmatch(stored):
             # The line number and the scheme's name only: the line may hold a password.
             warnings.append(
                 f"{source}:{number}: only bcrypt hashes are accepted (htpasswd -B), "

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from gateway.policy import yamlnodes as yn
+from gateway.policy.hashformats import ARGON2ID, BCRYPT
 from gateway.policy.model import (
     ANONYMOUS,
     AUTHENTICATED,
@@ -55,10 +56,6 @@ SECTIONS = (
     "workloads",
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
-_ARGON2ID = re.compile(
-    r"\$argon2id\$v=19\$m=[0-9]+,t=[0-9]+,p=[0-9]+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
-)
 _ROLE_KEYS = {"owners": Role.OWNER, "contributors": Role.CONTRIBUTOR, "viewers": Role.VIEWER}
 _E = TypeVar("_E", bound=Enum)
 
@@ -342,11 +339,11 @@ class FileReader:
                 "hash here (registry-gateway hash-password prints one)",
             )
         elif value.startswith("$2"):
-            if not _BCRYPT.fullmatch(value):
+            if not BCRYPT.fullmatch(value):
                 self.error(self.at(node), f"user {user!r}: malformed bcrypt hash")
                 return None
         elif value.startswith("$argon2"):
-            if not _ARGON2ID.fullmatch(value):
+            if not ARGON2ID.fullmatch(value):
                 self.error(
                     self.at(node),
                     f"user {user!r}: malformed argon2 hash (only argon2id, version 19, works)",
