@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 
 from gateway import background, collector
+from gateway.asgi import GatewayApp
 from gateway.auth.endpoint import TokenEndpoint
 from gateway.config import Settings, load_settings
 from gateway.limits import Limits, RequestLimits
@@ -81,7 +80,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         *system_routes(services),
         *ui_routes(services),
     ]
-    app = _Gateway(
+    app = GatewayApp(
         routes=routes,
         middleware=[
             Middleware(RequestLog, access_log=settings.access_log),
@@ -92,18 +91,6 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     )
     app.state.services = services
     return app
-
-
-class _Gateway(Starlette):
-    """Starlette with the gateway's own middleware outermost: `RequestLog` already turns an
-    unexpected error into the registry's JSON 500 (logged with the request id), so Starlette's
-    error layer, one more call and `send` wrapper on every request, is left out."""
-
-    def build_middleware_stack(self) -> ASGIApp:
-        app: ASGIApp = ExceptionMiddleware(self.router, handlers=self.exception_handlers)
-        for cls, args, kwargs in reversed(self.user_middleware):
-            app = cls(app, *args, **kwargs)
-        return app
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

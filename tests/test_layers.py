@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
         "gateway.boundedcache",
         "gateway.collector",
         "gateway.jsontext",
+        "gateway.asgi",
     ),
     ("gateway.auth", "gateway.catalog", "gateway.events"),
     ("gateway.services",),
