@@ -14,8 +14,8 @@ the `RequestLimits` to every connection and, pickled, to every worker process):
 - the connection count (uvicorn's `limit_concurrency`, as `max_connections`): a request on a
   connection beyond it is refused (503);
 - malformed requests get the registry's JSON 400 instead of uvicorn's plain text;
-- an answer's head and the first part of its body go out in one write (`_OneWrite`): one
-  system call and, for a token answer, one TCP segment instead of two.
+- an answer's head and its body go out in one write (`_OneWrite`): one system call and, for
+  a token answer, one TCP segment instead of two.
 
 Every refusal is an answer in the registry's JSON format with `Connection: close`, followed by
 a lingering close: the gateway stops sending, reads and drops what the client still sends for
@@ -32,7 +32,11 @@ from typing import Any
 
 import httptools
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 from uvicorn.server import ServerState
 
 from gateway.limits import RequestLimits, refusal
@@ -150,7 +154,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_headers_complete(self)
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:
-            cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]
+            cycle.transport = _OneWrite(self.transport, cycle)  # type: ignore[assignment]
 
     def _head_size(self) -> int:
         """The head's size as `METHOD URL HTTP/1.1` and `name: value` lines, CRLF-ended."""
@@ -201,50 +205,47 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class _OneWrite:
-    """A request's view of its connection's transport: a write is held until the next one
-    made in the same turn of the event loop, and the two go out in one `write`; what nothing
-    follows within the turn goes out at its end. An answer sent whole (its head, then its
-    body) is one write; a streaming answer's parts, a 100 Continue, go out at the end of the
-    turn they were sent in. A write over `MERGE` bytes is not copied to join another.
+    """A request's view of its connection's transport: the head of an answer with a
+    Content-Length of at most `MERGE` bytes is held until the body's first write, and the two
+    go out in one `write`. Anything else is written at once: a 100 Continue, a streaming
+    (chunked) answer, a large body. A held head goes out before the connection closes.
 
     uvicorn writes a head and its body separately: for a token answer that was two system
-    calls and two TCP segments where one will do."""
+    calls and two TCP segments where one will do. (The head of an answer whose body the app
+    sends later, after awaiting something, waits for it: the client can do nothing with a
+    head alone.)"""
 
     MERGE = 65536
 
-    __slots__ = ("_flushing", "_held", "_loop", "_transport")
+    __slots__ = ("_cycle", "_head", "_held", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport, cycle: RequestResponseCycle) -> None:
         self._transport = transport
-        self._loop = loop
+        self._cycle = cycle
+        self._head = True  # the answer's head is still to come
         self._held: bytes | None = None
-        self._flushing = False  # a flush is due at the end of this turn
 
     def write(self, data: bytes) -> None:
         held = self._held
-        if held is not None:
+        if held is not None:  # the body after a held head
             self._held = None
             if len(data) <= self.MERGE:
                 self._transport.write(held + data)
                 return
             self._transport.write(held)
-        if len(data) > self.MERGE:
-            self._transport.write(data)
-            return
-        self._held = bytes(data)
-        if not self._flushing:
-            self._flushing = True
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self._flushing = False
-        held = self._held
-        self._held = None
-        if held:
-            self._transport.write(held)
+        elif self._head and self._cycle.response_started:  # the head (uvicorn has read it)
+            self._head = False
+            cycle = self._cycle
+            if cycle.chunked_encoding is False and cycle.expected_content_length <= self.MERGE:
+                self._held = bytes(data)
+                return
+        self._transport.write(data)
 
     def close(self) -> None:
-        self.flush()
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
         self._transport.close()
 
     def is_closing(self) -> bool:

@@ -389,8 +389,8 @@ def test_an_answer_s_head_and_body_go_out_in_one_write() -> None:
     asyncio.run(run())
 
 
-def test_a_head_whose_body_comes_later_is_not_held_back() -> None:
-    """A streaming answer's head goes out at the end of the turn it was sent in."""
+def test_a_streaming_answer_s_head_is_not_held_back() -> None:
+    """A chunked answer's head goes out when it is sent, before any of its body."""
     go_on = asyncio.Event()
 
     async def streaming(scope: Scope, receive: Receive, send: Send) -> None:
@@ -433,5 +433,41 @@ def test_a_100_continue_is_not_held_back() -> None:
         made.data_received(b"{}")
         await settle()
         assert transport.written.endswith(b"\r\n\r\n{}") and transport.writes == 2
+
+    asyncio.run(run())
+
+
+def test_a_held_head_waits_for_its_body_or_goes_out_before_the_close() -> None:
+    """An answer with a Content-Length whose body comes later: one write when it comes; and
+    an app that fails after the head still gets the head out before the connection closes."""
+    go_on = asyncio.Event()
+
+    async def late(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", b"5")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await go_on.wait()
+        if scope["path"] == "/fail":
+            raise RuntimeError("the app failed after the head")
+        await send({"type": "http.response.body", "body": b"later", "more_body": False})
+
+    async def run() -> None:
+        config = ServerConfig(late, limits=LIMITS, log_config=None, lifespan="off")
+        made = LimitedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+        transport = FakeTransport()
+        made.connection_made(transport)
+        made.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await settle()
+        assert transport.writes == 0
+        go_on.set()
+        await settle()
+        assert transport.writes == 1 and transport.written.endswith(b"\r\n\r\nlater")
+
+        go_on.clear()
+        made.data_received(b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n")
+        await settle()
+        go_on.set()
+        await settle()
+        assert transport.writes == 2 and transport.closed
+        assert transport.written.endswith(b"content-length: 5\r\n\r\n")
 
     asyncio.run(run())
