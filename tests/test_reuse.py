@@ -99,6 +99,8 @@ def test_any_changed_condition_ends_answers_sign_ins_and_tokens(
     signed = answer(clock, "robot").signed
     assert signed is not None
     reuse.keep_token("key", signed, COND)
+    reuse.keep_token("key", signed, COND)  # kept from the second signing on
+    assert reuse.token("key", COND) is signed
     assert reuse.answer((b"q", b"d"), changed) is None
     assert reuse.sign_in(b"digest", changed) is None
     assert reuse.token("key", changed) is None
@@ -106,6 +108,16 @@ def test_any_changed_condition_ends_answers_sign_ins_and_tokens(
     assert reuse.answer((b"q", b"d"), COND) is None
     assert reuse.sign_in(b"digest", COND) is None
     assert reuse.token("key", COND) is None
+
+
+def test_a_token_is_kept_from_its_second_signing(reuse: Reuse, clock: FakeClock) -> None:
+    """Tokens for a new repository seldom come again: the first signing is only noted."""
+    signed = answer(clock, "robot").signed
+    assert signed is not None
+    reuse.keep_token("key", signed, COND)
+    assert reuse.token("key", COND) is None
+    reuse.keep_token("key", signed, COND)
+    assert reuse.token("key", COND) is signed
 
 
 def test_answers_last_the_window_less_the_token_s_age(reuse: Reuse, clock: FakeClock) -> None:
@@ -153,6 +165,7 @@ def test_nothing_stands_past_midnight(reuse: Reuse, clock: FakeClock) -> None:
     reuse.keep_sign_in(b"digest", Identity(Subject("robot", "ci"), "robot"), "ci", COND)
     signed = made.signed
     assert signed is not None
+    reuse.keep_token("key", signed, COND)
     reuse.keep_token("key", signed, COND)
     clock.now += 9.5
     assert reuse.answer((b"q", b"d"), COND) is made

@@ -254,8 +254,8 @@ def audit_lines(tmp_path: Path) -> list[dict[str, Any]]:
 def test_a_repeated_request_is_answered_again_and_audited_again(
     client: TestClient, tmp_path: Path
 ) -> None:
-    first = token(client, "repository:platform/app:pull,push", user="ci-deploy")
-    token(client, "repository:platform/app:pull,push", user="ci-deploy")  # kept from here on
+    token(client, "repository:platform/app:pull,push", user="ci-deploy")
+    first = token(client, "repository:platform/app:pull,push", user="ci-deploy")  # kept
     again = token(client, "repository:platform/app:pull,push", user="ci-deploy")
     assert first.status_code == again.status_code == 200
     # The same signed token (docker push asks many times), under a new request id each time.
