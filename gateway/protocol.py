@@ -208,7 +208,8 @@ class _OneWrite:
     """A request's view of its connection's transport: the head of an answer with a
     Content-Length of at most `MERGE` bytes is held until the body's first write, and the two
     go out in one `write`. Anything else is written at once: a 100 Continue, a streaming
-    (chunked) answer, a large body. A held head goes out before the connection closes.
+    (chunked) answer, a large body, the head of an answer to HEAD (which has no body). A held
+    head goes out before the connection closes.
 
     uvicorn writes a head and its body separately: for a token answer that was two system
     calls and two TCP segments where one will do. (The head of an answer whose body the app
@@ -227,16 +228,18 @@ class _OneWrite:
 
     def write(self, data: bytes) -> None:
         held = self._held
-        if held is not None:  # the body after a held head
+        if held is not None:  # the body after a held head: no longer than its Content-Length
             self._held = None
-            if len(data) <= self.MERGE:
-                self._transport.write(held + data)
-                return
-            self._transport.write(held)
-        elif self._head and self._cycle.response_started:  # the head (uvicorn has read it)
+            self._transport.write(held + data)  # (uvicorn refuses a longer one before writing)
+            return
+        if self._head and self._cycle.response_started:  # the head (uvicorn has read it)
             self._head = False
             cycle = self._cycle
-            if cycle.chunked_encoding is False and cycle.expected_content_length <= self.MERGE:
+            if (
+                cycle.chunked_encoding is False
+                and cycle.expected_content_length <= self.MERGE
+                and cycle.scope["method"] != "HEAD"  # an answer to HEAD writes no body
+            ):
                 self._held = bytes(data)
                 return
         self._transport.write(data)

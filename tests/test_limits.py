@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from httpx2 import Response  # what starlette.testclient answers with
 from starlette.testclient import TestClient
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.server import ServerState
 
 from gateway.app import create_app
@@ -208,9 +208,9 @@ LIMITS = RequestLimits(head=4096, header_timeout=5.0, connections=4)
 
 
 def protocol(
-    limits: RequestLimits = LIMITS, state: ServerState | None = None
+    limits: RequestLimits = LIMITS, state: ServerState | None = None, app: ASGIApp = hello
 ) -> tuple[LimitedHttpToolsProtocol, FakeTransport]:
-    config = ServerConfig(hello, limits=limits, log_config=None, lifespan="off")
+    config = ServerConfig(app, limits=limits, log_config=None, lifespan="off")
     made = LimitedHttpToolsProtocol(config, state or ServerState(), {}, asyncio.get_running_loop())
     transport = FakeTransport()
     made.connection_made(transport)
@@ -399,16 +399,28 @@ def test_a_streaming_answer_s_head_is_not_held_back() -> None:
         await send({"type": "http.response.body", "body": b"later", "more_body": False})
 
     async def run() -> None:
-        config = ServerConfig(streaming, limits=LIMITS, log_config=None, lifespan="off")
-        made = LimitedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
-        transport = FakeTransport()
-        made.connection_made(transport)
+        made, transport = protocol(app=streaming)
         made.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await settle()
         assert transport.status() == 200 and b"later" not in transport.written
         go_on.set()
         await settle()
         assert transport.written.endswith(b"5\r\nlater\r\n0\r\n\r\n")
+
+    asyncio.run(run())
+
+
+def test_the_head_of_an_answer_to_head_is_sent() -> None:
+    """A HEAD answer has a Content-Length and no body: its head is not held for one."""
+
+    async def run() -> None:
+        made, transport = protocol()
+        made.data_received(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await settle()
+        assert transport.status() == 200 and transport.written.endswith(b"\r\n\r\n")
+        made.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # kept alive
+        await settle()
+        assert transport.written.count(b"HTTP/1.1 200") == 2
 
     asyncio.run(run())
 
@@ -421,10 +433,7 @@ def test_a_100_continue_is_not_held_back() -> None:
         await send_json(send, 200, body)
 
     async def run() -> None:
-        config = ServerConfig(reading, limits=LIMITS, log_config=None, lifespan="off")
-        made = LimitedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
-        transport = FakeTransport()
-        made.connection_made(transport)
+        made, transport = protocol(app=reading)
         made.data_received(
             b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
         )
@@ -451,10 +460,7 @@ def test_a_held_head_waits_for_its_body_or_goes_out_before_the_close() -> None:
         await send({"type": "http.response.body", "body": b"later", "more_body": False})
 
     async def run() -> None:
-        config = ServerConfig(late, limits=LIMITS, log_config=None, lifespan="off")
-        made = LimitedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
-        transport = FakeTransport()
-        made.connection_made(transport)
+        made, transport = protocol(app=late)
         made.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await settle()
         assert transport.writes == 0
