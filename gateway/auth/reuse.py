@@ -169,8 +169,7 @@ class Reuse:
         signed = answer.signed
         if signed is None or answer.refresh_token:
             return
-        if key not in self._seen:
-            self._seen.put(key, None)
+        if _first_sighting(self._seen, key):
             return
         age = self.clock.time() - signed.minted
         deadline = self.deadline(answer.method, age, answer.vouched_until)
@@ -206,11 +205,19 @@ class Reuse:
         signed for (as answers are kept from their second sighting: a request for a new
         repository seldom comes again, and keeping every token it got churned megabytes
         through the cache: about 7% of such a request's CPU, measured)."""
-        if key not in self._tokens_seen:
-            self._tokens_seen.put(key, None)
+        if _first_sighting(self._tokens_seen, key):
             return
         deadline = min(
             self.clock.monotonic() + self.window,
             self.clock.next_midnight(self.clock.monotonic()),
         )
         self._put(self._tokens, key, conditions, deadline, token)
+
+
+def _first_sighting(seen: BoundedCache[Any, None], key: Any) -> bool:
+    """Whether `key` is new to `seen` (and now noted there): what is kept only from its
+    second sighting is not kept the first time."""
+    if key in seen:
+        return False
+    seen.put(key, None)
+    return True
