@@ -29,7 +29,7 @@ def ascii_json(value: Any) -> str:
     anything JSON has no type for."""
     try:
         text = orjson.dumps(value, default=str, option=_OPTIONS)
-    except (orjson.JSONEncodeError, TypeError):
+    except TypeError:  # orjson.JSONEncodeError is one
         return _STANDARD(value)
     if text.isascii() and b"\x7f" not in text:
         return text.decode("ascii")
