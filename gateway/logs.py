@@ -98,9 +98,10 @@ def _sole_json_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | N
     return None
 
 
-def info_fast(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
-    """`logger.info(message, extra=fields)`, writing the same JSON line without a LogRecord
-    when the only handler is the JSON stream handler `configure` installs.
+def json_stream(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
+    """The handler to write `logger`'s INFO lines to directly, as `json_line` text, when that
+    is all that logging them would do: INFO is on, and the only handler is the JSON stream
+    handler `configure` installs. None otherwise: log them the ordinary way.
 
     For the per-request lines (the access log): a LogRecord, the handler chain and the
     formatter's walk over the record cost more than answering a cached token request. Any
@@ -108,18 +109,19 @@ def info_fast(logger: logging.Logger, message: str, fields: dict[str, Any]) -> N
     ordinary `logger.info`.
     """
     if not logger.isEnabledFor(logging.INFO):
-        return
-    handler = _sole_json_handler(logger)
-    if handler is None:
-        logger.info(message, extra=fields)
-        return
-    line = json_line("info", logger.name, message, fields) + handler.terminator
+        return None
+    return _sole_json_handler(logger)
+
+
+def write_json_line(handler: logging.StreamHandler[Any], line: str) -> None:
+    """Write one line (without its terminator) to `handler`'s stream as the handler would:
+    under its lock, flushed, a failure reported by its `handleError`."""
     handler.acquire()
     try:
-        handler.stream.write(line)
+        handler.stream.write(line + handler.terminator)
         handler.flush()
     except Exception:
-        handler.handleError(logging.makeLogRecord({"msg": message}))
+        handler.handleError(logging.makeLogRecord({"msg": line}))
     finally:
         handler.release()
 

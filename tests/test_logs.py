@@ -3,18 +3,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import logging
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from gateway import logs
+from gateway import logs, middleware
 from gateway.app import create_app
 from gateway.auth.htpasswd import HtpasswdFile, parse
 from gateway.cli import main
@@ -160,3 +166,61 @@ def test_serve_refuses_a_redis_url_it_cannot_read_without_showing_it(
     assert "redis_url" in err and "Traceback" not in err + out
     for part in ("Sup3r", "Secr3t", password):
         assert part not in err + out
+
+
+# -- the access line written directly ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def json_access_log(*, direct: bool) -> Iterator[io.StringIO]:
+    """The access logger alone on a JSON stream handler, as `configure` sets it up; with
+    `direct=False` a no-op filter makes lines go through logging and its formatter."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    if not direct:
+        handler.addFilter(lambda record: True)
+    logger = logging.getLogger("registry_gateway.access")
+    saved = logger.handlers[:], logger.level, logger.propagate, logger.filters[:]
+    logger.handlers[:], logger.filters[:] = [handler], []
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield stream
+    finally:
+        logger.handlers[:], logger.filters[:] = saved[0], saved[3]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "HEAD", "M-SEARCH"]) | st.text(max_size=8),
+    path=st.text(max_size=40),
+    status=st.integers(100, 599),
+    client=st.none() | st.sampled_from(["127.0.0.1", "::1"]) | st.text(max_size=10),
+    request_id=st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True),
+    seconds=st.floats(0, 1000),
+)
+def test_the_access_line_written_directly_is_the_logged_line(
+    method: str, path: str, status: int, client: str | None, request_id: str, seconds: float
+) -> None:
+    scope: dict[str, Any] = {
+        "method": method,
+        "path": path,
+        "client": (client, 1) if client is not None else None,
+    }
+    started = time.perf_counter()
+    lines = []
+    with (
+        mock.patch("gateway.middleware.now_iso", lambda: "T"),
+        mock.patch("gateway.logs.now_iso", lambda: "T"),
+        mock.patch("gateway.middleware.time.perf_counter", lambda: started + seconds),
+    ):
+        for direct in (True, False):
+            with json_access_log(direct=direct) as stream:
+                middleware.access_line(scope, request_id, status, started)
+            lines.append(stream.getvalue())
+    assert lines[0] == lines[1]
+    assert lines[0].endswith("\n") and lines[0].count("\n") == 1 and lines[0].isascii()
+    assert json.loads(lines[0])["path"] == path
