@@ -5,7 +5,7 @@ tens of percent over a minute, so its ratios are noisy. This gives a steady comp
 the CPU instructions (valgrind's callgrind, event `Ir`) one request costs the server, for the
 gateway answering distinct robot token requests (token_endpoint's `robot-distinct` case) and
 for the signing floor (its `floor-sign` case, bench/floors.py), measured in the same run, and
-their ratio against issue 3's target (distinct requests within 1/0.70 of the signing floor).
+their ratio against issue 11's target (distinct requests within 1/0.70 of the signing floor).
 
 Both servers run at once, each under `valgrind --tool=callgrind --cache-sim=no` (one worker,
 the same settings as token_endpoint's servers, each on a free 127.0.0.1 port with its own temp
