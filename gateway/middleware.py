@@ -7,7 +7,6 @@ unexpected error into the registry's JSON 500 (logged with the request id, never
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import re
@@ -16,7 +15,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.audit import now_iso
-from gateway.jsontext import ascii_json
+from gateway.jsontext import cached_ascii_json
 from gateway.logs import json_stream, write_json_line
 from gateway.responses import send_internal_error
 
@@ -35,12 +34,6 @@ def request_id(scope: Scope) -> str:
             break
     # An id to find lines by, not a secret: no system call for it on every request.
     return f"{random.getrandbits(128):032x}"
-
-
-# A JSON string's text without its quotes, for the few methods, paths and clients that come
-# again and again (a client's path may hold anything: escaped, never written raw).
-_inner = functools.lru_cache(maxsize=1024)(lambda text: ascii_json(text)[1:-1])
-_json = functools.lru_cache(maxsize=1024)(ascii_json)
 
 
 def access_line(scope: Scope, request_id: str, status: int, started: float) -> None:
@@ -66,14 +59,15 @@ def access_line(scope: Scope, request_id: str, status: int, started: float) -> N
         )
         return
     # `json_line`'s text for the same record, put together without a dict (a line is written
-    # for every request): tests/test_logs.py holds the two equal.
-    m, p = _inner(method), _inner(path)
+    # for every request): tests/test_logs.py holds the two equal. The method and the path go
+    # in twice, as JSON strings' text without their quotes (a path may hold anything).
+    m, p = cached_ascii_json(method)[1:-1], cached_ascii_json(path)[1:-1]
     write_json_line(
         handler,
         f'{{"time":"{now_iso()}","level":"info","logger":"{log.name}",'
         f'"message":"{m} {p} {status}","log":"access","request_id":"{request_id}",'
         f'"method":"{m}","path":"{p}","status":{status},"duration_ms":{duration},'
-        f'"client":{_json(host)}}}',
+        f'"client":{cached_ascii_json(host)}}}',
     )
 
 

@@ -235,6 +235,25 @@ def test_audit_line_per_request_without_secrets(client: TestClient, tmp_path: Pa
     assert PASSWORDS["bob"] not in text and "hunter2-wrong" not in text and "eyJ" not in text
 
 
+def test_a_hostile_user_agent_stays_inside_its_audit_field(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """A user agent with a quote, a backslash, DEL and non-ASCII characters is one escaped,
+    ASCII-only JSON string in one audit line."""
+    agent = 'x", "subject": "user:alice\\\x7f\u00e9\u00ff'
+    client.get(
+        "/auth/token",
+        params={"service": SERVICE, "scope": "repository:library/alpine:pull"},
+        headers={b"user-agent": agent.encode()},
+    )
+    lines = (tmp_path / "audit.log").read_bytes().splitlines()
+    assert lines[-1].isascii() and b"\x7f" not in lines[-1]
+    record = audit_lines(tmp_path)[-1]
+    # The header goes out as UTF-8 bytes; the gateway reads header bytes as Latin-1.
+    assert record["user_agent"] == agent.encode().decode("latin-1")
+    assert record["subject"] == "anonymous"
+
+
 def test_system_routes(client: TestClient) -> None:
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["revision"]

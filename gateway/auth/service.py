@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,11 +25,9 @@ from gateway.auth.request import BadRequest, TokenRequest
 from gateway.auth.reuse import Conditions, Reuse
 from gateway.auth.scope import Scope, ScopeError, format_scope, parse_scopes
 from gateway.auth.tokens import TokenError, TokenIssuer
+from gateway.jsontext import cached_ascii_json
 from gateway.policy.engine import Engine
 from gateway.policy.source import PolicySource
-
-# The same few clients and user agents ask again and again: each is escaped once.
-_json = functools.lru_cache(maxsize=1024)(json.dumps)
 
 # Told of every answer (its decision codes, audit fields, request id, client): the events
 # hook (gateway/events/publisher.Events.token_denied), which must return at once.
@@ -305,8 +301,8 @@ class TokenService:
         duration = time.perf_counter() - request.started
         self.audit.write_line(
             f'{{"time":"{now_iso()}","log":"audit",{answer.audit},'
-            f'"request_id":"{request.request_id}","client":{_json(request.client)},'
-            f'"user_agent":{_json(request.user_agent)},'
+            f'"request_id":"{request.request_id}","client":{cached_ascii_json(request.client)},'
+            f'"user_agent":{cached_ascii_json(request.user_agent)},'
             + ('"reused":true,' if reused else "")
             + f'"duration_ms":{round(duration * 1000, 3)}}}'
         )
