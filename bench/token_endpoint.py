@@ -365,43 +365,46 @@ def _bcrypt4_policy(source: Path, target: Path) -> Path:
     raise SystemExit(f"bench.token_endpoint: no user {USER[0]!r} in {source}")
 
 
+def server_command(
+    kind: str, run_dir: Path, port: int, *, policies: Path, event_loop: str
+) -> tuple[list[str], Path | None]:
+    """The command serving `kind` (a key of SERVERS) on 127.0.0.1:`port` from `run_dir`, and
+    the audit file it writes (None for the floors and an audit to /dev/null)."""
+    if kind == "floors":
+        # Served from a copy in the run's directory: floors.py alone on --app-dir.
+        shutil.copy2(BENCH_DIR / "floors.py", run_dir / "floors.py")
+        return [
+            sys.executable, "-m", "uvicorn", "floors:app",
+            "--app-dir", str(run_dir),
+            "--host", "127.0.0.1", "--port", str(port),
+            "--loop", event_loop, "--http", "httptools", "--workers", "1",
+            "--no-access-log", "--no-server-header", "--log-level", "warning",
+        ], None  # fmt: skip
+    setup = SERVERS[kind]
+    if setup["policy"] == "bcrypt4":
+        policies = _bcrypt4_policy(policies, run_dir / "policy")
+    audit_path = None if setup["audit"] == "null" else run_dir / "audit.log"
+    return [
+        sys.executable, "-m", "gateway", "serve",
+        "--policies", str(policies),
+        "--data-dir", str(run_dir / "data"),
+        "--listen", f"127.0.0.1:{port}",
+        "--public-url", f"http://127.0.0.1:{port}",
+        "--service", SERVICE,
+        "--workers", "1",
+        "--event-loop", event_loop,
+        "--audit-log", str(audit_path or "/dev/null"),
+        *setup["flags"],
+    ], audit_path  # fmt: skip
+
+
 def start_server(kind: str, args: argparse.Namespace, tmp: Path, pin: bool) -> Server:
     port = free_port()
     run_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=tmp))
     log_path = run_dir / "server.log"
-    audit_path: Path | None = None
-    if kind == "floors":
-        # Served from a copy in the run's directory: floors.py alone on --app-dir.
-        shutil.copy2(BENCH_DIR / "floors.py", run_dir / "floors.py")
-        cmd = [
-            sys.executable, "-m", "uvicorn", "floors:app",
-            "--app-dir", str(run_dir),
-            "--host", "127.0.0.1", "--port", str(port),
-            "--loop", args.event_loop, "--http", "httptools", "--workers", "1",
-            "--no-access-log", "--no-server-header", "--log-level", "warning",
-        ]  # fmt: skip
-    else:
-        setup = SERVERS[kind]
-        policies = args.policies
-        if setup["policy"] == "bcrypt4":
-            policies = _bcrypt4_policy(args.policies, run_dir / "policy")
-        if setup["audit"] == "null":
-            audit = "/dev/null"
-        else:
-            audit_path = run_dir / "audit.log"
-            audit = str(audit_path)
-        cmd = [
-            sys.executable, "-m", "gateway", "serve",
-            "--policies", str(policies),
-            "--data-dir", str(run_dir / "data"),
-            "--listen", f"127.0.0.1:{port}",
-            "--public-url", f"http://127.0.0.1:{port}",
-            "--service", SERVICE,
-            "--workers", "1",
-            "--event-loop", args.event_loop,
-            "--audit-log", audit,
-            *setup["flags"],
-        ]  # fmt: skip
+    cmd, audit_path = server_command(
+        kind, run_dir, port, policies=args.policies, event_loop=args.event_loop
+    )
     if pin:
         cmd = ["taskset", "-c", str(args.server_cpu), *cmd]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -52,12 +52,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.token_endpoint import (
-    BENCH_DIR,
     BY_NAME,
     DISTINCT_VS_SIGN,
     PLACEHOLDER,
     REPO,
-    SERVICE,
     Case,
     Server,
     _tail,
@@ -65,6 +63,7 @@ from bench.token_endpoint import (
     check_once,
     free_port,
     log,
+    server_command,
     settle,
 )
 
@@ -143,33 +142,6 @@ def callgrind(out_dir: Path) -> list[str]:
         "--cache-sim=no",
         f"--callgrind-out-file={out_dir}/out.%p",
     ]
-
-
-def floor_command(run_dir: Path, port: int) -> list[str]:
-    """The floor app served from a copy in the run's directory: floors.py alone on --app-dir."""
-    shutil.copy2(BENCH_DIR / "floors.py", run_dir / "floors.py")
-    return [
-        *callgrind(run_dir),
-        sys.executable, "-m", "uvicorn", "floors:app",
-        "--app-dir", str(run_dir),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--loop", "asyncio", "--http", "httptools", "--workers", "1",
-        "--no-access-log", "--no-server-header", "--log-level", "warning",
-    ]  # fmt: skip
-
-
-def gateway_command(run_dir: Path, port: int) -> list[str]:
-    return [
-        *callgrind(run_dir),
-        sys.executable, "-m", "gateway", "serve",
-        "--policies", str(REPO / "policies"),
-        "--data-dir", str(run_dir / "data"),
-        "--listen", f"127.0.0.1:{port}",
-        "--public-url", f"http://127.0.0.1:{port}",
-        "--service", SERVICE,
-        "--workers", "1",
-        "--audit-log", str(run_dir / "audit.log"),
-    ]  # fmt: skip
 
 
 def healthy(port: int) -> bool:
@@ -282,7 +254,10 @@ def measure(case: Case, args: argparse.Namespace, tmp: Path, processes: Processe
     """Start the case's server under callgrind, warm it up, count the measured requests."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{case.name}-", dir=tmp))
     port = free_port()
-    cmd = floor_command(run_dir, port) if case is FLOOR else gateway_command(run_dir, port)
+    command, _ = server_command(
+        case.server, run_dir, port, policies=REPO / "policies", event_loop="asyncio"
+    )
+    cmd = [*callgrind(run_dir), *command]
     log(f"{case.name}: starting under callgrind on port {port}")
     log_path = run_dir / "server.log"
     server = Server(case.server, port, processes.start(cmd, log_path), log_path, None)
