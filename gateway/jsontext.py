@@ -37,6 +37,15 @@ def ascii_json(value: Any) -> str:
     return _STANDARD(value)
 
 
-# The same few clients, user agents, methods and paths come with request after request: each
-# is escaped once while it stays in use (the audit line and the access line share these).
-cached_ascii_json = functools.lru_cache(maxsize=1024)(ascii_json)
+CACHED_LENGTH = 256  # longer strings are escaped every time: the cache stays small
+_cached = functools.lru_cache(maxsize=1024)(ascii_json)
+
+
+def cached_ascii_json(value: str | None) -> str:
+    """`ascii_json(value)`, kept for the short strings that come with request after request
+    (clients, user agents, methods, paths: the audit line and the access line share them).
+    A client choosing long paths cannot fill the cache with them: at most 1,024 entries of
+    `CACHED_LENGTH` characters each."""
+    if value is not None and len(value) > CACHED_LENGTH:
+        return ascii_json(value)
+    return _cached(value)

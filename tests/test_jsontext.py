@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.jsontext import ascii_json
+from gateway.jsontext import CACHED_LENGTH, _cached, ascii_json, cached_ascii_json
 
 
 def standard(value: Any) -> str:
@@ -57,3 +57,14 @@ def test_what_json_has_no_type_for_is_written_as_its_str() -> None:
     when = dt.datetime(2026, 12, 3, 14, 0, tzinfo=dt.UTC)
     value = {"when": when, "point": Point(1), "path": object.__name__, 1: "key"}
     assert ascii_json(value) == standard(value)
+
+
+def test_only_short_strings_are_kept_in_the_cache() -> None:
+    """A client sending long paths cannot fill the cache with them."""
+    _cached.cache_clear()
+    long, short = "/" + "\u00e9" * CACHED_LENGTH, "/" + "\u00e9" * (CACHED_LENGTH - 1)
+    assert cached_ascii_json(long) == ascii_json(long)
+    assert _cached.cache_info().currsize == 0
+    assert cached_ascii_json(short) == ascii_json(short)
+    assert cached_ascii_json(None) == "null"
+    assert _cached.cache_info().currsize == 2
