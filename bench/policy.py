@@ -8,7 +8,7 @@ middle wildcards such as `ns/**/app` are in both). Every measurement runs in a f
 interpreter:
 
 - load (its own interpreter per policy): `PolicySource.reload()` from cold, as `serve` does
-  it (read, load and validate, compile, the policy's tests; cyclic GC paused), wall and CPU
+  it (read, load and validate, compile, the policy's tests; cyclic GC paused, what was built frozen), wall and CPU
   seconds, then the peak RSS, `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the interpreter
   itself included); then, in the same interpreter, the CPU seconds libyaml takes to compose
   the same files into located YAML nodes and nothing more (`yamlnodes.compose`): the part of
@@ -148,7 +148,7 @@ def per_call_us(
 
 def child(directory: Path, seconds: float, edits: int, seed: int) -> dict[str, Any]:
     logging.disable(logging.CRITICAL)  # warnings of the generated policy (expired robots)
-    source = PolicySource(directory, building=collector.paused)
+    source = PolicySource(directory, building=collector.building)  # as serve builds
     start, cpu = time.perf_counter(), time.process_time()
     if not source.reload():
         raise SystemExit(f"bench/policy: the policy in {directory} does not load")
@@ -158,7 +158,6 @@ def child(directory: Path, seconds: float, edits: int, seed: int) -> dict[str, A
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     figures["yaml_cpu_s"] = yaml_floor(directory)
-    collector.freeze_survivors()  # as serve does after a load
     reloads = []
     grants_files = sorted((directory / "access").glob("grants-*.yaml"))
     for i in range(edits):
@@ -175,7 +174,6 @@ def child(directory: Path, seconds: float, edits: int, seed: int) -> dict[str, A
         someone = Subject("user", next(iter(source.engine.policy.users)))  # type: ignore[union-attr]
         if source.engine.granted(someone, "repository", f"{name}/x", ["pull"]) != ("pull",):  # type: ignore[union-attr]
             raise SystemExit("bench/policy: the edit was not enforced")
-        collector.freeze_survivors()
     figures["reloads"] = reloads
     return figures
 
@@ -255,7 +253,7 @@ def profile(directory: Path, top: int) -> str:
     logging.disable(logging.CRITICAL)
     profiler = cProfile.Profile()
     profiler.enable()
-    PolicySource(directory, building=collector.paused).reload()
+    PolicySource(directory, building=collector.building).reload()
     profiler.disable()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)

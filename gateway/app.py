@@ -29,17 +29,11 @@ log = logging.getLogger("registry_gateway")
 
 
 def build_services(settings: Settings) -> Services:
-    """The service container as a server runs it: policies are built with the cyclic
-    garbage collector paused (a process-wide decision, made here rather than in a library)."""
-    services = Services(settings, building=collector.paused)
-    # What the live policy holds lives until the next reload: out of every later collection.
-    services.source.listeners.append(_freeze_after_load)
-    return services
-
-
-def _freeze_after_load(revision: str | None, ok: bool) -> None:
-    if ok:
-        collector.freeze_survivors()
+    """The service container as a server runs it: each policy is built with the cyclic
+    garbage collector paused and frozen out of every later collection once built, since it
+    lives until the next reload (a process-wide decision, made here rather than in a
+    library: `collector.building`)."""
+    return Services(settings, building=collector.building)
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Starlette:

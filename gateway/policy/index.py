@@ -70,30 +70,35 @@ class _Globs:
         return bool(found)
 
     def children(self, component: str, out: list[_Node]) -> None:
-        """Append the closures of the children whose component matches `component`."""
+        """Enter the children whose component matches `component` (see `_Node.enter`)."""
         stems, prefixes = self.prefix_stems, self.prefixes
         k = 1
         while k <= len(component) and component[:k] in stems:
             for matcher, node in prefixes.get(component[:k], ()):
                 if matcher.fullmatch(component):
-                    out.extend(node.closure)
+                    node.enter(out)
             k += 1
         stems, suffixes = self.suffix_stems, self.suffixes
         k = 1
         while k <= len(component) and component[-k:] in stems:
             for matcher, node in suffixes.get(component[-k:], ()):
                 if matcher.fullmatch(component):
-                    out.extend(node.closure)
+                    node.enter(out)
             k += 1
         for matcher, node in self.other:
             if matcher.fullmatch(component):
-                out.extend(node.closure)
+                node.enter(out)
 
 
 class _Node:
-    """One state of the trie: where a name may be after some of its components."""
+    """One state of the trie: where a name may be after some of its components.
 
-    __slots__ = ("closure", "globs", "items", "literal", "loop", "rest", "star", "value")
+    Nothing in a trie or an automaton refers back to where it is reached from, so that
+    reference counting frees an index as soon as its engine is dropped: the live policy is
+    frozen out of the cyclic collector's reach (`gateway.collector`), and a cycle in what it
+    held would never be freed."""
+
+    __slots__ = ("also", "globs", "items", "literal", "loop", "rest", "star", "value")
 
     def __init__(self, loop: bool = False) -> None:
         self.literal: dict[str, _Node] | None = None
@@ -103,7 +108,13 @@ class _Node:
         self.loop = loop  # this node is a `**`: it absorbs any component
         self.items: list[object] | None = None  # what the patterns ending here carry
         self.value: object | None = None
-        self.closure: tuple[_Node, ...] = (self,)
+        self.also: tuple[_Node, ...] = ()  # entered with this node: its `**` child
+
+    def enter(self, out: list[_Node]) -> None:
+        """Add this node, and what is entered with it without consuming a component."""
+        out.append(self)
+        if self.also:
+            out.extend(self.also)
 
     def insert(self, components: Sequence[str], item: object) -> None:
         node = self
@@ -132,7 +143,7 @@ class _Node:
         node.items.append(item)
 
     def seal(self, value: Callable[[list[object]], object]) -> None:
-        """Compute values and closures below this node, once every pattern is inserted."""
+        """Compute values, and what each node is entered with, once every pattern is inserted."""
         stack = [self]
         while stack:
             node = stack.pop()
@@ -140,7 +151,7 @@ class _Node:
                 node.value = value(node.items)
                 node.items = None
             if node.rest is not None:
-                node.closure = (node, node.rest)
+                node.also = (node.rest,)
                 stack.append(node.rest)
             if node.star is not None:
                 stack.append(node.star)
@@ -161,25 +172,36 @@ def _step(nodes: Iterable[_Node], component: str) -> frozenset[_Node]:
         if literal is not None:
             child = literal.get(component)
             if child is not None:
-                following.extend(child.closure)
+                child.enter(following)
         if node.star is not None:
-            following.extend(node.star.closure)
+            node.star.enter(following)
         if node.globs is not None:
             node.globs.children(component, following)
     return frozenset(following)
 
 
+def _entered(node: _Node) -> frozenset[_Node]:
+    """The nodes a name is in when it enters `node`."""
+    out: list[_Node] = []
+    node.enter(out)
+    return frozenset(out)
+
+
 class _State:
     """A set of trie nodes a name may be in, with its transitions as names meet them: one
-    lookup per component once met. `value` merges the values of the patterns ending here."""
+    lookup per component once met. `value` merges the values of the patterns ending here.
+
+    A transition is the set of nodes it leads to, the key of the next state in its
+    automaton, never the state itself: a state's transitions often lead back to it (`**`),
+    and a cycle would outlive the engine (see `_Node`)."""
 
     __slots__ = ("default", "globs", "literals", "next", "nodes", "value")
 
     def __init__(self, nodes: frozenset[_Node], value: object | None) -> None:
         self.nodes = nodes
         self.value = value
-        self.next: dict[str, _State] = {}  # by component, as met
-        self.default: _State | None = None  # after a component no literal or glob names
+        self.next: dict[str, frozenset[_Node]] = {}  # by component, as met
+        self.default: frozenset[_Node] | None = None  # after a component no literal or glob names
         self.literals = frozenset(k for n in nodes if n.literal is not None for k in n.literal)
         self.globs = tuple(n.globs for n in nodes if n.globs is not None)
 
@@ -204,12 +226,12 @@ class _Automaton:
         self.every = every  # remember every component's transition, not just special ones
         self.states: dict[frozenset[_Node], _State] = {}
         self.remembered = 0
-        self.start = self.state(frozenset(root.closure))
+        self.start = self.state(_entered(root))
 
     def reset(self) -> None:
         self.states = {}
         self.remembered = 0
-        self.start = self.state(frozenset(self.root.closure))
+        self.start = self.state(_entered(self.root))
 
     def state(self, nodes: frozenset[_Node]) -> _State:
         found = self.states.get(nodes)
@@ -225,26 +247,26 @@ class _Automaton:
         """The merged value of every pattern matching `parts[start:]`, or None."""
         state = self.start
         for component in parts[start:] if start else parts:
-            following = state.next.get(component)
-            if following is None:
+            nodes = state.next.get(component)
+            if nodes is None:
                 special = component in state.literals or bool(
                     state.globs and any(globs.matches_any(component) for globs in state.globs)
                 )
                 if special:
-                    following = self.state(_step(state.nodes, component))
+                    nodes = _step(state.nodes, component)
                 else:
-                    following = state.default
-                    if following is None:
-                        following = state.default = self.state(_step(state.nodes, component))
+                    nodes = state.default
+                    if nodes is None:
+                        nodes = state.default = _step(state.nodes, component)
                 if special or self.every:
                     if self.remembered >= self.budget:
                         self.reset()
                     else:
-                        state.next[component] = following
+                        state.next[component] = nodes
                         self.remembered += 1
-            if not following.nodes:
+            if not nodes:
                 return None
-            state = following
+            state = self.states.get(nodes) or self.state(nodes)
         return state.value
 
 
