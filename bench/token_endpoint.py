@@ -415,7 +415,7 @@ def start_server(kind: str, args: argparse.Namespace, tmp: Path, pin: bool) -> S
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{kind} server exited ({proc.returncode}):\n{_tail(log_path)}")
+            raise RuntimeError(f"{kind} server exited ({proc.returncode}):\n{log_tail(log_path)}")
         try:
             with _DIRECT.open(f"{server.base}/healthz", timeout=2) as answer:
                 if answer.status == 200:
@@ -424,10 +424,10 @@ def start_server(kind: str, args: argparse.Namespace, tmp: Path, pin: bool) -> S
             pass
         time.sleep(0.1)
     stop_server(server)
-    raise RuntimeError(f"{kind} server not healthy within 60 s:\n{_tail(log_path)}")
+    raise RuntimeError(f"{kind} server not healthy within 60 s:\n{log_tail(log_path)}")
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:

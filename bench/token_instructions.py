@@ -58,11 +58,11 @@ from bench.token_endpoint import (
     REPO,
     Case,
     Server,
-    _tail,
     basic,
     check_once,
     free_port,
     log,
+    log_tail,
     server_command,
     settle,
 )
@@ -161,13 +161,13 @@ def wait_healthy(server: Server) -> float:
     while (elapsed := time.monotonic() - started) < HEALTHY_WITHIN:
         if server.proc.poll() is not None:
             raise RuntimeError(
-                f"{server.kind} exited ({server.proc.returncode}):\n{_tail(server.log_path)}"
+                f"{server.kind} exited ({server.proc.returncode}):\n{log_tail(server.log_path)}"
             )
         if healthy(server.port):
             return elapsed
         time.sleep(1)
     raise RuntimeError(
-        f"{server.kind} not healthy within {HEALTHY_WITHIN:.0f} s:\n{_tail(server.log_path)}"
+        f"{server.kind} not healthy within {HEALTHY_WITHIN:.0f} s:\n{log_tail(server.log_path)}"
     )
 
 
