@@ -206,6 +206,17 @@ class FileReader:
         """A mapping's known fields (key node, value node); unknown ones reported with a
         suggestion."""
         out: dict[str, tuple[yn.Node, yn.Node]] = {}
+        if type(node) is yn.MappingNode:
+            # Most mappings: known keys, each once, as plain scalars. Anything else is read
+            # again below, which reports it.
+            for key_node, value in node.value:
+                key = key_node.value
+                if type(key_node) is not yn.ScalarNode or key not in allowed or key in out:
+                    out.clear()
+                    break
+                out[key] = (key_node, value)
+            else:
+                return out
         for key, key_node, value in self.mapping(node, what):
             if key not in allowed:
                 hint = difflib.get_close_matches(key, allowed, n=1)
@@ -219,6 +230,10 @@ class FileReader:
         return out
 
     def string(self, node: yn.Node, what: str) -> str | None:
+        if type(node) is yn.ScalarNode:
+            text: str = node.value
+            if text and (node.style or text[0] not in yn.SPECIAL_START):  # surely a string
+                return text
         value = yn.scalar(node) if isinstance(node, yn.ScalarNode) else None
         if isinstance(value, str) and value:
             return value
@@ -256,8 +271,13 @@ class FileReader:
         if isinstance(node, yn.MappingNode):
             self.error(self.at(node), f"{what} must be a list, not a mapping")
             return []
-        out = []
+        out: list[tuple[yn.Node, str]] = []
         for item in items:
+            if type(item) is yn.ScalarNode:
+                value: str = item.value
+                if value and (item.style or value[0] not in yn.SPECIAL_START):  # as `string`
+                    out.append((item, value))
+                    continue
             text = self.string(item, f"each entry of {what}")
             if text is not None:
                 out.append((item, text))

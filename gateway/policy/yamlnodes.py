@@ -49,8 +49,9 @@ _TRUE = {"true", "True", "TRUE"}
 _FALSE = {"false", "False", "FALSE"}
 _INT = re.compile(r"[-+]?[0-9]+")
 _DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
-# The first characters of a plain scalar that may be anything but a string.
-_SPECIAL_START = frozenset("~nNtTfF0123456789+-")
+# The first characters of a plain scalar that may be anything but a string: a plain scalar
+# starting otherwise, or any quoted or block scalar, is a string (what `text` relies on).
+SPECIAL_START = frozenset("~nNtTfF0123456789+-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ def scalar(node: ScalarNode) -> Any:
     value: str = node.value
     if node.style:  # quoted or block: a string whatever it looks like
         return value
-    if value and value[0] not in _SPECIAL_START:  # most values: names, no regex needed
+    if value and value[0] not in SPECIAL_START:  # most values: names, no regex needed
         return value
     if value in _NULL:
         return None
