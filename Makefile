@@ -59,7 +59,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict gateway ui tests
+	$(BIN)/mypy --strict gateway ui tests bench
 
 check: $(STAMP)
 	$(BIN)/registry-gateway check policies

@@ -19,17 +19,16 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.gateway import EXAMPLE_POLICIES, jwt_parts, start_gateway
+from tests.support.gateway import EXAMPLE_POLICIES, Gateway, jwt_parts, start_gateway
 from tests.support.gitrepo import git
 
 
-def revision(gateway) -> str:
-    return jwt_parts(gateway.token(None, "repository:library/x:pull").json()["token"])[1][
-        "revision"
-    ]
+def revision(gateway: Gateway) -> str:
+    claims = jwt_parts(gateway.token(None, "repository:library/x:pull").json()["token"])[1]
+    return str(claims["revision"])
 
 
-def wait_change(gateway, old: str, started: float, timeout: float = 30) -> float:
+def wait_change(gateway: Gateway, old: str, started: float, timeout: float = 30) -> float:
     while True:
         if revision(gateway) != old:
             return time.perf_counter() - started
