@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.policy import yamlnodes as yn
+from gateway.policy.model import Role, Visibility
 from gateway.policy.readfile import FileReader
 
 PLAIN = st.sampled_from(
@@ -83,3 +84,32 @@ def test_fields_take_quoted_keys_as_the_same_names() -> None:
     )
     assert [p.message for p in parsed.problems] == []
     assert parsed.grants[0].actions == {"pull"}
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("admin", "role must be one of viewer, contributor, owner, not 'admin'"),
+        ("Owner", "role must be one of viewer, contributor, owner, not 'Owner'"),
+        ("true", "role must be one of viewer, contributor, owner, not True"),
+        ("1", "role must be one of viewer, contributor, owner, not 1"),
+        ("", "role must be one of viewer, contributor, owner, not None"),
+        ("[owner]", "role must be one of viewer, contributor, owner, not None"),
+    ],
+)
+def test_a_choice_is_one_of_its_values_written_exactly(written: str, message: str) -> None:
+    parsed = FileReader("f.yaml").read(
+        f"grants:\n  - {{to: [bob], repositories: [x], role: {written}}}\n"
+    )
+    assert [p.message for p in parsed.problems] == [message]
+    assert parsed.grants == []
+
+
+def test_a_choice_written_right_is_its_member() -> None:
+    parsed = FileReader("f.yaml").read(
+        "grants:\n  - {to: [bob], repositories: [x], role: 'viewer'}\n"
+        "namespaces:\n  qa: {visibility: public}\n"
+    )
+    assert [p.message for p in parsed.problems] == []
+    assert parsed.grants[0].role is Role.VIEWER
+    assert parsed.namespaces["qa"].visibility is Visibility.PUBLIC

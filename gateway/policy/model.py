@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 PULL, PUSH, DELETE = "pull", "push", "delete"
 REPOSITORY_ACTIONS: tuple[str, ...] = (PULL, PUSH, DELETE)
@@ -37,9 +38,10 @@ class Visibility(StrEnum):
     PRIVATE = "private"  # only those granted
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
-    """Where a definition lives: 1-based line and column, as editors count."""
+class Location(NamedTuple):
+    """Where a definition lives: 1-based line and column, as editors count. A named tuple,
+    not a frozen dataclass: a large policy makes one per definition, and a tuple is made in a
+    third of the time."""
 
     file: str
     line: int

@@ -285,12 +285,13 @@ class FileReader:
 
     def choice(self, node: yn.Node, what: str, enum: type[_E]) -> _E | None:
         value = yn.scalar(node) if isinstance(node, yn.ScalarNode) else None
-        try:
-            return enum(value)
-        except ValueError:
-            names = ", ".join(member.value for member in enum)
+        # What `enum(value)` looks up first, without its exception for the wrong ones (a
+        # scalar is hashable: a string, number, boolean, date or None).
+        member: _E | None = enum._value2member_map_.get(value)  # type: ignore[assignment]
+        if member is None:
+            names = ", ".join(each.value for each in enum)
             self.error(self.at(node), f"{what} must be one of {names}, not {value!r}")
-            return None
+        return member
 
     def check_name(self, kind: str, name: str, loc: Location) -> bool:
         if is_component(name):
