@@ -116,3 +116,21 @@ def test_memory_stays_bounded_and_answers_right_whatever_names_are_asked(
         for automaton in index._compiled.values():
             assert len(automaton.states) <= 6
             assert automaton.remembered <= automaton.budget
+
+
+def test_a_remembered_transition_holds_the_next_state_s_own_key() -> None:
+    """A transition is the next state's key (no reference cycle between states), and the
+    very object the state holds, so that remembering one costs a reference, not a set."""
+    texts = ["**/cache", "*/tools", "a*/**", "ns/**/x*", "ns/api-*", "ns/*"]
+    index = PatternIndex.of([((t,), t) for t in texts], frozenset, union)
+    for i in range(200):
+        index.matching(f"{['ns', 'a1', f'w{i}'][i % 3]}/x{i}/api-{i}/cache")
+    checked = 0
+    for automaton in [*index._compiled.values(), index._floating]:
+        assert automaton is not None
+        for state in automaton.states.values():
+            for nodes in [*state.next.values(), state.default]:
+                if nodes is not None and nodes in automaton.states:
+                    assert nodes is automaton.states[nodes].nodes
+                    checked += 1
+    assert checked > 50

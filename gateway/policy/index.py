@@ -252,12 +252,13 @@ class _Automaton:
                 special = component in state.literals or bool(
                     state.globs and any(globs.matches_any(component) for globs in state.globs)
                 )
+                # The next state's own key: a remembered transition costs a reference.
                 if special:
-                    nodes = _step(state.nodes, component)
+                    nodes = self.state(_step(state.nodes, component)).nodes
                 else:
                     nodes = state.default
                     if nodes is None:
-                        nodes = state.default = _step(state.nodes, component)
+                        nodes = state.default = self.state(_step(state.nodes, component)).nodes
                 if special or self.every:
                     if self.remembered >= self.budget:
                         self.reset()
