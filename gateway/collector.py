@@ -43,19 +43,11 @@ def building() -> Iterator[None]:
     The collection before the block keeps what requests left behind until then out of the
     freeze; what they leave during the block, if cyclic, stays frozen: a few objects at most,
     once per reload."""
-    enabled = gc.isenabled()
-    if enabled:
+    if gc.isenabled():
         gc.collect()
-    gc.disable()
-    try:
+    with paused():
         yield
-    except BaseException:
-        if enabled:
-            gc.enable()
-        raise
-    gc.freeze()
-    if enabled:
-        gc.enable()
+        gc.freeze()  # not reached when the block raises
 
 
 def freeze_survivors() -> None:

@@ -50,7 +50,9 @@ _FALSE = {"false", "False", "FALSE"}
 _INT = re.compile(r"[-+]?[0-9]+")
 _DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 # The first characters of a plain scalar that may be anything but a string: a plain scalar
-# starting otherwise, or any quoted or block scalar, is a string (what `text` relies on).
+# starting otherwise, or any quoted or block scalar, is a string. `scalar` returns such a
+# value as it is; `FileReader.string` and `strings` take it without calling `scalar` (1% of
+# a large load), and tests/test_readfile_shortcuts.py holds them to `scalar`.
 SPECIAL_START = frozenset("~nNtTfF0123456789+-")
 
 
